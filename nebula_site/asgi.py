@@ -1,0 +1,45 @@
+"""ASGI entry point: HTTP (the /v1 API on a lean handler, everything else on Django's) and
+websockets (the dashboard's live pages), served by daphne."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "nebula_site.settings")
+
+from django.core.asgi import get_asgi_application  # noqa: E402
+
+django_app = get_asgi_application()  # sets Django up before anything imports models
+
+from channels.auth import AuthMiddlewareStack  # noqa: E402
+from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
+from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
+from django.conf import settings  # noqa: E402
+
+from nebula_site.middleware import ApiASGIHandler  # noqa: E402
+from nebula_site.routing import websocket_urlpatterns  # noqa: E402
+
+api_app = ApiASGIHandler()
+_LEAN_PREFIXES = ("/v1/", "/bench/")
+
+
+async def http_app(scope, receive, send):  # type: ignore[no-untyped-def]
+    app = api_app if scope["path"].startswith(_LEAN_PREFIXES) else django_app
+    await app(scope, receive, send)
+
+
+application = ProtocolTypeRouter(
+    {
+        "http": http_app,
+        "websocket": AllowedHostsOriginValidator(
+            AuthMiddlewareStack(URLRouter(websocket_urlpatterns))
+        ),
+    }
+)
+
+if settings.NEBULA_STANDALONE:
+    # No Redis, no Celery: this process is also the worker.
+    from inference.workers import LocalQueueConsumer, start_worker_runtime
+
+    start_worker_runtime()
+    LocalQueueConsumer().start()

@@ -1,0 +1,67 @@
+"""Live events for the dashboard, sent over the channel layer to groups of websocket consumers.
+
+Payloads are TypedDicts defined here, next to the one helper that sends them, so the sender (a
+service in a web process or a worker) and the receiver (a consumer) agree on the shape.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any, Literal, TypedDict
+
+from asgiref.sync import async_to_sync
+from channels.layers import get_channel_layer
+from django.conf import settings
+from django.db import transaction
+
+logger = logging.getLogger(__name__)
+
+FLEET_GROUP = "fleet"
+OVERVIEW_GROUP = "overview"
+
+
+class ModelEventPayload(TypedDict):
+    type: Literal["fleet.model"]
+    model: dict[str, Any]
+
+
+class OverviewEventPayload(TypedDict):
+    type: Literal["overview.changed"]
+
+
+Event = ModelEventPayload | OverviewEventPayload
+
+# In standalone mode the in-memory channel layer lives on the web process's event loop; threads
+# (our in-process "workers") must hand their sends to that loop.
+_main_loop: asyncio.AbstractEventLoop | None = None
+
+
+def remember_main_loop() -> None:
+    global _main_loop
+    _main_loop = asyncio.get_running_loop()
+
+
+def broadcast(group: str, event: Event) -> None:
+    """Send `event` to every consumer in `group`. Best effort: a dashboard may miss an update."""
+    layer = get_channel_layer()
+    if layer is None:
+        return
+    try:
+        if settings.NEBULA_STANDALONE and _main_loop is not None and _main_loop.is_running():
+            try:
+                running = asyncio.get_running_loop()
+            except RuntimeError:
+                running = None
+            if running is _main_loop:
+                _main_loop.create_task(layer.group_send(group, dict(event)))
+            else:
+                asyncio.run_coroutine_threadsafe(layer.group_send(group, dict(event)), _main_loop)
+            return
+        async_to_sync(layer.group_send)(group, dict(event))
+    except Exception:
+        logger.warning("could not broadcast %s to %s", event["type"], group, exc_info=True)
+
+
+def broadcast_on_commit(group: str, event: Event) -> None:
+    transaction.on_commit(lambda: broadcast(group, event))

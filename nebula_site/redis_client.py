@@ -1,0 +1,116 @@
+"""Redis connections for Nebula's coordination: rate limits, GPU slots, token streams, heartbeats,
+the usage ledger and the cache epoch.
+
+One sync client per process (thread-safe pool; used by Celery workers and sync views) and one
+async client per event loop (used by the async /v1 views and Channels consumers). In standalone
+mode both talk to one in-process server (fakeredis with Lua), so the coordination code is the same
+code either way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import weakref
+from typing import Any
+
+import redis
+import redis.asyncio as aioredis
+from django.conf import settings
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
+
+_lock = threading.Lock()
+_sync_client: redis.Redis | None = None
+_async_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, aioredis.Redis] = (
+    weakref.WeakKeyDictionary()
+)
+_fake_server: Any = None
+
+# Fail fast: a request that cannot reach Redis should get a 503 within about a second, not hang.
+_CLIENT_OPTIONS: dict[str, Any] = {
+    "socket_connect_timeout": 1.0,
+    "socket_timeout": 5.0,
+    "health_check_interval": 15,
+}
+
+
+def _retry() -> Retry:
+    return Retry(ExponentialBackoff(cap=0.2, base=0.02), retries=2)
+
+
+def _fake() -> Any:
+    global _fake_server
+    if _fake_server is None:
+        import fakeredis
+
+        _fake_server = fakeredis.FakeServer()
+    return _fake_server
+
+
+def get_redis() -> redis.Redis:
+    """The process-wide synchronous client."""
+    global _sync_client
+    if _sync_client is None:
+        with _lock:
+            if _sync_client is None:
+                if settings.NEBULA_STANDALONE:
+                    import fakeredis
+
+                    _sync_client = fakeredis.FakeRedis(server=_fake())
+                else:
+                    _sync_client = redis.Redis.from_url(
+                        settings.REDIS_URL, retry=_retry(), **_CLIENT_OPTIONS
+                    )
+    return _sync_client
+
+
+def get_async_redis() -> aioredis.Redis:
+    """The asyncio client of the running event loop (connections cannot cross loops)."""
+    loop = asyncio.get_running_loop()
+    client = _async_clients.get(loop)
+    if client is None:
+        if settings.NEBULA_STANDALONE:
+            from fakeredis import aioredis as fake_aioredis
+
+            client = fake_aioredis.FakeRedis(server=_fake())
+        else:
+            client = aioredis.Redis.from_url(
+                settings.REDIS_URL, retry=_retry(), max_connections=256, **_CLIENT_OPTIONS
+            )
+        _async_clients[loop] = client
+    return client
+
+
+def new_async_connection() -> aioredis.Redis:
+    """A dedicated async client (for a pub/sub subscriber that must not share a pool)."""
+    if settings.NEBULA_STANDALONE:
+        from fakeredis import aioredis as fake_aioredis
+
+        return fake_aioredis.FakeRedis(server=_fake())
+    return aioredis.Redis.from_url(settings.REDIS_URL, **_CLIENT_OPTIONS)
+
+
+def new_sync_connection(**options: Any) -> redis.Redis:
+    """A dedicated sync client, e.g. for blocking reads that must not hold a pooled connection."""
+    if settings.NEBULA_STANDALONE:
+        import fakeredis
+
+        return fakeredis.FakeRedis(server=_fake())
+    return redis.Redis.from_url(settings.REDIS_URL, **{**_CLIENT_OPTIONS, **options})
+
+
+def reset_clients() -> None:
+    """Forget clients (after fork, or when tests switch databases)."""
+    global _sync_client
+    with _lock:
+        _sync_client = None
+        _async_clients.clear()
+
+
+REDIS_ERRORS: tuple[type[Exception], ...] = (
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+    redis.exceptions.BusyLoadingError,
+    OSError,
+)

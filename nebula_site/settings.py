@@ -1,0 +1,305 @@
+"""Nebula settings: every knob comes from the environment (or a local `.env`), parsed strictly.
+
+Two layouts share this module. *Distributed* (the default) talks to Redis at REDIS_URL for the
+Celery broker, the channel layer, the cache and Nebula's own coordination (rate limits, GPU slots,
+token streams, the usage ledger). *Standalone* (NEBULA_STANDALONE=1, chosen by `bin/run` when Redis
+does not answer) keeps all of that in this one process: tasks on threads, the in-memory channel
+layer, the local-memory cache and an in-process Redis for the coordination code.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import django_stubs_ext
+from django.core.exceptions import ImproperlyConfigured
+from environs import Env
+
+django_stubs_ext.monkeypatch()
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+env = Env()
+# A developer's `.env` (written by `bin/run` on first start) is read if present; real environment
+# variables win over it.
+env.read_env(str(BASE_DIR / ".env"), recurse=False)
+
+TESTING = "pytest" in sys.modules or env.bool("NEBULA_TESTING", False)
+
+DEBUG = env.bool("DEBUG", False)
+SECRET_KEY = env.str("SECRET_KEY", "")
+if not SECRET_KEY:
+    if DEBUG or TESTING:
+        SECRET_KEY = "insecure-development-key-only-for-debug-and-tests"  # noqa: S105
+    else:
+        raise ImproperlyConfigured(
+            "SECRET_KEY is not set. Set it in the environment (or .env); with DEBUG off there is "
+            "no default."
+        )
+
+ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", ["127.0.0.1", "localhost", "[::1]", "testserver"])
+CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", [])
+
+HOST = env.str("HOST", "127.0.0.1")
+PORT = env.int("PORT", 8000, validate=lambda p: 0 < p < 65536)
+
+NEBULA_VERSION = "0.1.0"
+NEBULA_STANDALONE = env.bool("NEBULA_STANDALONE", False)
+REDIS_URL = env.str("REDIS_URL", "redis://127.0.0.1:6379/0")
+
+# --- Nebula behaviour -------------------------------------------------------------------------
+# Requests per minute for a new key when none is given.
+NEBULA_DEFAULT_RPM = env.int("NEBULA_DEFAULT_RPM", 10, validate=lambda v: v > 0)
+# Multiplies every simulated GPU duration (model loading, prefill, decode). 0 = no waiting at all.
+NEBULA_SIM_TIME_SCALE = env.float("NEBULA_SIM_TIME_SCALE", 1.0, validate=lambda v: v >= 0)
+# How long a request may wait for a worker and a GPU slot before it gets 503.
+NEBULA_QUEUE_TIMEOUT = env.float("NEBULA_QUEUE_TIMEOUT", 30.0, validate=lambda v: v > 0)
+# A worker that has not reported for this long is considered dead.
+NEBULA_WORKER_TTL = env.float("NEBULA_WORKER_TTL", 5.0, validate=lambda v: v > 0)
+NEBULA_HEARTBEAT_INTERVAL = env.float("NEBULA_HEARTBEAT_INTERVAL", 1.0, validate=lambda v: v > 0)
+# Upper bound on how long a key or model change can go unnoticed by a web process if the change
+# notification could not reach Redis (normally changes are seen on the very next request).
+NEBULA_CACHE_TTL = env.float("NEBULA_CACHE_TTL", 60.0, validate=lambda v: v > 0)
+# Threads that run simulated inference in one worker process (or in-process when standalone).
+NEBULA_WORKER_CONCURRENCY = env.int("NEBULA_WORKER_CONCURRENCY", 64, validate=lambda v: v > 0)
+# Request size limits for /v1/chat/completions.
+NEBULA_MAX_BODY_BYTES = env.int("NEBULA_MAX_BODY_BYTES", 1_048_576, validate=lambda v: v > 0)
+NEBULA_MAX_MESSAGES = env.int("NEBULA_MAX_MESSAGES", 256, validate=lambda v: v > 0)
+NEBULA_MAX_MESSAGE_CHARS = env.int("NEBULA_MAX_MESSAGE_CHARS", 200_000, validate=lambda v: v > 0)
+# Where `bin/run` seeds the demo operator and user.
+NEBULA_OPERATOR_USERNAME = env.str("NEBULA_OPERATOR_USERNAME", "operator")
+NEBULA_OPERATOR_PASSWORD = env.str("NEBULA_OPERATOR_PASSWORD", "")
+NEBULA_DEMO_USERNAME = env.str("NEBULA_DEMO_USERNAME", "demo")
+NEBULA_DEMO_PASSWORD = env.str("NEBULA_DEMO_PASSWORD", "")
+
+# --- Django -------------------------------------------------------------------------------------
+INSTALLED_APPS = [
+    "daphne",
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "whitenoise.runserver_nostatic",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "drf_spectacular",
+    "channels",
+    "axes",
+    "nebula_site",
+    "keys",
+    "models_registry",
+    "inference",
+    "telemetry",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "nebula_site.middleware.RequestIdMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "axes.middleware.AxesMiddleware",
+]
+
+ROOT_URLCONF = "nebula_site.urls"
+ASGI_APPLICATION = "nebula_site.asgi.application"
+APPEND_SLASH = False
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# SQLite by default; DATABASE_URL switches to PostgreSQL (or anything dj-database-url reads).
+DATABASES = {
+    "default": env.dj_db_url(
+        "DATABASE_URL", f"sqlite:///{BASE_DIR / 'db.sqlite3'}", conn_max_age=60
+    )
+}
+_db = DATABASES["default"]
+_db["CONN_HEALTH_CHECKS"] = True
+if _db["ENGINE"] == "django.db.backends.sqlite3":
+    # Web processes and workers write concurrently: WAL lets readers proceed during a write, and
+    # IMMEDIATE transactions queue writers on the busy timeout instead of failing on upgrade.
+    _db["OPTIONS"] = {
+        "timeout": 30,
+        "transaction_mode": "IMMEDIATE",
+        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+    }
+    _db["CONN_MAX_AGE"] = 0
+    _db.setdefault("TEST", {})["NAME"] = env.str(
+        "NEBULA_TEST_SQLITE", str(BASE_DIR / ".test-db.sqlite3")
+    )
+
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+]
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "dashboard-overview"
+LOGOUT_REDIRECT_URL = "login"
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = False
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = BASE_DIR / "staticfiles"
+STATICFILES_DIRS = [BASE_DIR / "static"]
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {
+        "BACKEND": (
+            "django.contrib.staticfiles.storage.StaticFilesStorage"
+            if TESTING
+            else "whitenoise.storage.CompressedManifestStaticFilesStorage"
+        )
+    },
+}
+WHITENOISE_USE_FINDERS = TESTING or DEBUG
+
+# --- Security -----------------------------------------------------------------------------------
+SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", 0)
+SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", False)
+SESSION_COOKIE_SECURE = env.bool("SESSION_COOKIE_SECURE", False)
+CSRF_COOKIE_SECURE = env.bool("CSRF_COOKIE_SECURE", False)
+SESSION_COOKIE_HTTPONLY = True
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
+X_FRAME_OPTIONS = "DENY"
+# django-axes: lock an account+IP out after repeated failed logins (admin and dashboard).
+AXES_FAILURE_LIMIT = env.int("AXES_FAILURE_LIMIT", 10)
+AXES_COOLOFF_TIME = env.float("AXES_COOLOFF_HOURS", 0.25)
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_ENABLED = env.bool("AXES_ENABLED", True)
+
+# --- Redis-backed services ----------------------------------------------------------------------
+if NEBULA_STANDALONE:
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+else:
+    CACHES = {
+        "default": {
+            "BACKEND": "django_redis.cache.RedisCache",
+            "LOCATION": REDIS_URL,
+            "KEY_PREFIX": "nebula-cache",
+            "OPTIONS": {"SOCKET_CONNECT_TIMEOUT": 2, "SOCKET_TIMEOUT": 2},
+        }
+    }
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "CONFIG": {
+                "hosts": [REDIS_URL],
+                "prefix": "nebula-asgi",
+                # Dashboard events are small and bursty (a deploy emits several state changes);
+                # the default capacity of 100 silently drops group messages past it.
+                "capacity": 1000,
+                "expiry": 30,
+            },
+        }
+    }
+
+SESSION_ENGINE = "django.contrib.sessions.backends.db"
+
+# --- Celery -------------------------------------------------------------------------------------
+CELERY_BROKER_URL = REDIS_URL
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_RESULT_BACKEND = None
+CELERY_TASK_SERIALIZER = "json"
+CELERY_ACCEPT_CONTENT = ["json"]
+CELERY_TASK_DEFAULT_QUEUE = "celery"
+# A job is acknowledged only after it ran, and a job whose worker vanished goes back on the queue.
+# Duplicate deliveries are harmless: a job is claimed in Redis before it runs (inference.jobs).
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+# Each thread takes one job at a time, so a busy worker does not hoard jobs another could run.
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_BROKER_TRANSPORT_OPTIONS = {
+    # Unacknowledged jobs of a dead worker return to the queue after this long. Web processes
+    # notice a dead worker much sooner (heartbeats) and resubmit themselves; this is the backstop.
+    "visibility_timeout": env.int("NEBULA_VISIBILITY_TIMEOUT", 300),
+}
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+CELERY_TASK_ALWAYS_EAGER = NEBULA_STANDALONE
+
+# --- DRF ------------------------------------------------------------------------------------------
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "keys.auth.ApiKeyAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "EXCEPTION_HANDLER": "nebula_site.errors.drf_exception_handler",
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Nebula API",
+    "DESCRIPTION": "API keys, model deployments, usage metrics and an OpenAI-compatible API.",
+    "VERSION": NEBULA_VERSION,
+    "SERVE_INCLUDE_SCHEMA": False,
+    "COMPONENT_SPLIT_REQUEST": True,
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "inference.openapi.add_openai_paths",
+    ],
+}
+
+# --- Logging ------------------------------------------------------------------------------------
+LOG_LEVEL = env.str("LOG_LEVEL", "INFO")
+LOG_FORMAT = env.str("LOG_FORMAT", "text", validate=lambda v: v in {"text", "json"})
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "filters": {"redact": {"()": "nebula_site.logging.RedactSecretsFilter"}},
+    "formatters": {
+        "text": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+        "json": {
+            "()": "pythonjsonlogger.json.JsonFormatter",
+            "fmt": "%(asctime)s %(levelname)s %(name)s %(message)s",
+        },
+    },
+    "handlers": {
+        "console": {
+            "class": "logging.StreamHandler",
+            "formatter": LOG_FORMAT,
+            "filters": ["redact"],
+        }
+    },
+    "root": {"handlers": ["console"], "level": LOG_LEVEL},
+    "loggers": {
+        "django.db.backends": {"level": "INFO"},
+        "axes": {"level": "WARNING"},
+    },
+}
+
+# The benchmark's trivial baseline view (/bench/baseline); off unless `make bench` turns it on.
+NEBULA_BENCH_BASELINE = env.bool("NEBULA_BENCH_BASELINE", False)

@@ -1,0 +1,48 @@
+from __future__ import annotations
+
+from django.conf import settings
+from django.contrib import admin
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import render
+from django.urls import include, path
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+
+from inference import views as inference_views
+from nebula_site.errors import InternalError, NotFound, error_response
+
+urlpatterns = [
+    path("v1/chat/completions", inference_views.chat_completions, name="chat-completions"),
+    path("v1/models", inference_views.list_models, name="v1-models"),
+    path("v1/models/<str:model_id>", inference_views.retrieve_model, name="v1-model"),
+    path("", include("keys.urls")),
+    path("", include("models_registry.urls")),
+    path("", include("telemetry.urls")),
+    path("admin/", admin.site.urls),
+    path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
+    path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
+]
+
+if settings.NEBULA_BENCH_BASELINE:
+    urlpatterns.append(path("bench/baseline", inference_views.baseline, name="bench-baseline"))
+
+_API_PREFIXES = ("/v1/", "/apikeys", "/models", "/metrics", "/health", "/api/", "/bench/")
+
+
+def _is_api(request: HttpRequest) -> bool:
+    return request.path.startswith(_API_PREFIXES)
+
+
+def handler404(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
+    if _is_api(request):
+        return error_response(
+            NotFound(f"Unknown endpoint: {request.method} {request.path}", code="unknown_url")
+        )
+    return render(request, "404.html", status=404)
+
+
+def handler500(request: HttpRequest) -> HttpResponse:
+    if _is_api(request):
+        return error_response(
+            InternalError("The server had an error while processing your request.")
+        )
+    return render(request, "500.html", status=500)
