@@ -1,0 +1,127 @@
+"""Authenticating API keys: for DRF views (database) and for the /v1 hot path (process cache)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from django.utils import timezone
+from rest_framework import authentication, exceptions
+
+from keys.models import ApiKey
+from keys.tokens import is_well_formed, key_digest
+from nebula_site.epoch import MISS, EpochCache, current_epoch
+from nebula_site.errors import AuthenticationFailed
+
+MISSING_KEY_MESSAGE = (
+    "You didn't provide an API key. Provide it in an Authorization header using Bearer auth "
+    "(Authorization: Bearer YOUR_KEY)."
+)
+INVALID_KEY_MESSAGE = "Incorrect API key provided. Create or look up your keys on the dashboard."
+REVOKED_KEY_MESSAGE = "This API key has been revoked."
+EXPIRED_KEY_MESSAGE = "This API key has expired."
+
+
+def parse_bearer(header: str | None) -> str:
+    """The key in an `Authorization: Bearer …` header, or 401. No I/O."""
+    if not header:
+        raise AuthenticationFailed(MISSING_KEY_MESSAGE)
+    scheme, _, token = header.partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
+        raise AuthenticationFailed(MISSING_KEY_MESSAGE)
+    if not is_well_formed(token):
+        raise AuthenticationFailed(INVALID_KEY_MESSAGE)
+    return token
+
+
+@dataclass(frozen=True, slots=True)
+class KeyInfo:
+    """What the hot path needs to know about a key, cached per process."""
+
+    id: int
+    prefix: str
+    owner_id: int
+    rpm_limit: int
+    tpm_limit: int | None
+    allowed_models: frozenset[str]
+    is_admin: bool
+    expires_at: float | None  # Unix time
+    revoked: bool
+
+    def check_usable(self) -> None:
+        if self.revoked:
+            raise AuthenticationFailed(REVOKED_KEY_MESSAGE)
+        if self.expires_at is not None and self.expires_at <= time.time():
+            raise AuthenticationFailed(EXPIRED_KEY_MESSAGE)
+
+    def may_use(self, model: str) -> bool:
+        return not self.allowed_models or model in self.allowed_models
+
+    @classmethod
+    def from_key(cls, key: ApiKey) -> KeyInfo:
+        return cls(
+            id=key.pk,
+            prefix=key.prefix,
+            owner_id=key.owner_id,
+            rpm_limit=key.rpm_limit,
+            tpm_limit=key.tpm_limit,
+            allowed_models=frozenset(key.allowed_models or ()),
+            is_admin=key.is_admin,
+            expires_at=key.expires_at.timestamp() if key.expires_at else None,
+            # A deactivated owner's keys stop working like revoked ones.
+            revoked=key.revoked_at is not None or not key.owner.is_active,
+        )
+
+
+_keys_by_digest: EpochCache[str, KeyInfo | None] = EpochCache("api-keys")
+
+
+async def key_info_for_secret(secret: str) -> tuple[KeyInfo | None, str | None]:
+    """The key for `secret` (None if unknown) and the epoch the answer is valid for.
+
+    Served from the process cache when possible. The caller must confirm the epoch with Redis
+    (the admission script does) before trusting the answer.
+    """
+    digest = key_digest(secret)
+    cached = _keys_by_digest.get(digest)
+    if cached is not MISS:
+        return cached, current_epoch()  # type: ignore[return-value]
+    epoch = current_epoch()
+    key = await ApiKey.objects.select_related("owner").filter(digest=digest).afirst()
+    info = KeyInfo.from_key(key) if key is not None else None
+    _keys_by_digest.put(digest, info, epoch=epoch)
+    return info, epoch
+
+
+async def key_info_for_id(key_id: int) -> KeyInfo | None:
+    """For callers that hold a key id rather than its secret (the dashboard playground)."""
+    key = await ApiKey.objects.select_related("owner").filter(pk=key_id).afirst()
+    return KeyInfo.from_key(key) if key is not None else None
+
+
+class ApiKeyAuthentication(authentication.BaseAuthentication):
+    """DRF authentication for the management API: `Authorization: Bearer nb_…`."""
+
+    def authenticate(self, request: Any) -> tuple[Any, ApiKey] | None:
+        header = authentication.get_authorization_header(request).decode("latin-1")
+        if not header:
+            return None
+        try:
+            secret = parse_bearer(header)
+        except AuthenticationFailed as error:
+            raise exceptions.AuthenticationFailed(error.message) from None
+        key = ApiKey.objects.select_related("owner").filter(digest=key_digest(secret)).first()
+        if key is None:
+            raise exceptions.AuthenticationFailed(INVALID_KEY_MESSAGE)
+        if key.revoked_at is not None:
+            raise exceptions.AuthenticationFailed(REVOKED_KEY_MESSAGE)
+        if key.expires_at is not None and key.expires_at <= timezone.now():
+            raise exceptions.AuthenticationFailed(EXPIRED_KEY_MESSAGE)
+        if not key.owner.is_active:
+            raise exceptions.AuthenticationFailed(INVALID_KEY_MESSAGE)
+        return key.owner, key
+
+    def authenticate_header(self, request: Any) -> str:
+        return 'Bearer realm="nebula"'

@@ -1,0 +1,55 @@
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+from django.utils import timezone
+
+
+def _default_rpm() -> int:
+    return settings.NEBULA_DEFAULT_RPM
+
+
+class ApiKey(models.Model):
+    """An API key. The secret itself is never stored: only its SHA-256 digest and a prefix."""
+
+    name = models.CharField(max_length=100)
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_keys"
+    )
+    prefix = models.CharField(max_length=16, db_index=True, editable=False)
+    digest = models.CharField(max_length=64, unique=True, editable=False)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    last_used_at = models.DateTimeField(null=True, blank=True, editable=False)
+    expires_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True, editable=False)
+    rpm_limit = models.PositiveIntegerField("requests per minute", default=_default_rpm)
+    tpm_limit = models.PositiveIntegerField("tokens per minute", null=True, blank=True)
+    # Model names this key may use; empty means every ready model.
+    allowed_models = models.JSONField(default=list, blank=True)
+    is_admin = models.BooleanField(
+        default=False, help_text="Admin keys manage keys and models like an operator."
+    )
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        verbose_name = "API key"
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(rpm_limit__gt=0), name="apikey_rpm_positive"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.prefix}…)"
+
+    @property
+    def state(self) -> str:
+        if self.revoked_at is not None:
+            return "revoked"
+        if self.expires_at is not None and self.expires_at <= timezone.now():
+            return "expired"
+        return "active"
+
+    @property
+    def is_active(self) -> bool:
+        return self.state == "active"
