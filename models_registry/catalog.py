@@ -1,0 +1,70 @@
+"""The model catalogue as the /v1 hot path sees it: a per-process snapshot, dropped on any change."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from models_registry.gpus import GPU_TYPES
+from models_registry.models import LIVE_STATES, DeployedModel, ModelState
+from nebula_site.epoch import MISS, EpochCache, current_epoch
+
+
+@dataclass(frozen=True, slots=True)
+class ModelInfo:
+    name: str
+    state: str
+    parameters: int
+    gpu_type: str
+    gpus_per_replica: int
+    bandwidth_tb_s: float
+    bf16_tflops: float
+    capacity: int
+    context_length: int
+    created: int  # Unix time
+    owned_by: str
+
+    @property
+    def is_ready(self) -> bool:
+        return self.state == ModelState.READY
+
+    @classmethod
+    def from_model(cls, model: DeployedModel) -> ModelInfo:
+        gpu = GPU_TYPES[model.gpu_type]
+        return cls(
+            name=model.name,
+            state=model.state,
+            parameters=model.parameters,
+            gpu_type=model.gpu_type,
+            gpus_per_replica=model.gpus_per_replica,
+            bandwidth_tb_s=gpu.bandwidth_tb_s,
+            bf16_tflops=gpu.bf16_tflops,
+            capacity=model.capacity,
+            context_length=model.context_length,
+            created=int(model.created_at.timestamp()),
+            owned_by="nebula",
+        )
+
+
+Catalog = dict[str, ModelInfo]
+_catalog: EpochCache[str, Catalog] = EpochCache("model-catalog", max_entries=1)
+
+
+def load_catalog() -> Catalog:
+    return {
+        model.name: ModelInfo.from_model(model)
+        for model in DeployedModel.objects.filter(state__in=LIVE_STATES)
+    }
+
+
+async def catalog_snapshot() -> tuple[Catalog, str | None]:
+    """Every live deployment by name, and the epoch the snapshot is valid for."""
+    cached = _catalog.get("all")
+    if cached is not MISS:
+        return cached, current_epoch()  # type: ignore[return-value]
+    epoch = current_epoch()
+    catalog = {
+        model.name: ModelInfo.from_model(model)
+        async for model in DeployedModel.objects.filter(state__in=LIVE_STATES)
+    }
+    _catalog.put("all", catalog, epoch=epoch)
+    return catalog, epoch

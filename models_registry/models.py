@@ -1,0 +1,104 @@
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+from django.utils import timezone
+
+from models_registry.gpus import GPU_CHOICES, GPU_TYPES, GpuType
+
+
+class ModelState(models.TextChoices):
+    PENDING = "pending"
+    LOADING = "loading"
+    READY = "ready"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+    FAILED = "failed"
+
+
+# States in which a deployment holds its name: a new deployment may reuse the name of a stopped
+# or failed one, which stays as history.
+LIVE_STATES = [ModelState.PENDING, ModelState.LOADING, ModelState.READY, ModelState.STOPPING]
+
+# Every allowed move; anything may also fail.
+TRANSITIONS: dict[str, set[str]] = {
+    ModelState.PENDING: {ModelState.LOADING, ModelState.STOPPING},
+    ModelState.LOADING: {ModelState.READY, ModelState.STOPPING},
+    ModelState.READY: {ModelState.STOPPING},
+    ModelState.STOPPING: {ModelState.STOPPED},
+    ModelState.STOPPED: set(),
+    ModelState.FAILED: set(),
+}
+
+
+class DeployedModel(models.Model):
+    name = models.CharField(max_length=64)
+    parameters = models.BigIntegerField(help_text="Parameter count, e.g. 7000000000.")
+    gpu_type = models.CharField(max_length=32, choices=GPU_CHOICES)
+    gpus_per_replica = models.PositiveSmallIntegerField(default=1)
+    replicas = models.PositiveSmallIntegerField(default=1)
+    max_concurrent_seqs = models.PositiveSmallIntegerField(
+        "max concurrent sequences per replica", default=8
+    )
+    context_length = models.PositiveIntegerField(default=8192)
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="deployments",
+    )
+    state = models.CharField(max_length=16, choices=ModelState.choices, default=ModelState.PENDING)
+    failure_reason = models.TextField(blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name", "-created_at"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["name"],
+                condition=models.Q(state__in=LIVE_STATES),
+                name="deployment_live_name_unique",
+            ),
+            models.CheckConstraint(condition=models.Q(replicas__gte=1), name="replicas_min_1"),
+            models.CheckConstraint(
+                condition=models.Q(gpus_per_replica__gte=1), name="gpus_per_replica_min_1"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} [{self.state}]"
+
+    @property
+    def gpu(self) -> GpuType:
+        return GPU_TYPES[self.gpu_type]
+
+    @property
+    def capacity(self) -> int:
+        """Sequences the deployment serves at once, across every worker."""
+        return self.replicas * self.max_concurrent_seqs
+
+    @property
+    def params_billions(self) -> float:
+        return self.parameters / 1e9
+
+    @property
+    def weights_gb(self) -> float:
+        return self.parameters * 2 / 1e9  # bf16
+
+
+class ModelEvent(models.Model):
+    """The deployment's history: every state transition, and scaling."""
+
+    model = models.ForeignKey(DeployedModel, on_delete=models.CASCADE, related_name="events")
+    from_state = models.CharField(max_length=16, blank=True)
+    to_state = models.CharField(max_length=16)
+    note = models.TextField(blank=True)
+    at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["at", "id"]
+
+    def __str__(self) -> str:
+        return f"{self.model.name}: {self.from_state or '∅'} → {self.to_state}"
