@@ -1,0 +1,163 @@
+"""The simulated inference engine: what a request generates, step by step. No Django, no Celery.
+
+`Generation` is a pure iterator of decode steps; the caller paces it with `HardwareSpec` timings
+(and a time scale), so tests can run it instantly and a real backend could replace it later.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from inference.engine.textgen import generate_words, natural_length, seed_for
+from inference.engine.tokenizer import iter_tokens
+
+FINISH_STOP = "stop"
+FINISH_LENGTH = "length"
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    model: str
+    prompt_text: str  # the whole conversation, flattened: seeds the generator
+    user_text: str  # the last user message: gives the reply its topic
+    prompt_tokens: int
+    context_length: int
+    max_tokens: int | None = None
+    stop: tuple[str, ...] = ()
+    n: int = 1
+    seed: int | None = None
+    temperature: float = 1.0
+    top_p: float = 1.0
+
+    @property
+    def token_budget(self) -> int:
+        """Most tokens one choice may generate: max_tokens, and what is left of the context."""
+        room = max(self.context_length - self.prompt_tokens, 0)
+        return room if self.max_tokens is None else min(self.max_tokens, room)
+
+
+@dataclass(slots=True)
+class _Choice:
+    index: int
+    tokens: Iterator[str]
+    target: int
+    held: str = ""
+    text: str = ""
+    generated: int = 0
+    finish_reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """One decode step: the text each unfinished choice adds, and the choices that just finished."""
+
+    deltas: tuple[tuple[int, str], ...]
+    finished: tuple[tuple[int, str], ...] = ()
+
+
+@dataclass
+class Generation:
+    request: GenerationRequest
+    choices: list[_Choice] = field(init=False)
+
+    def __post_init__(self) -> None:
+        req = self.request
+        self.choices = []
+        for index in range(req.n):
+            rng = random.Random(
+                seed_for(
+                    model=req.model,
+                    prompt=req.prompt_text,
+                    seed=req.seed,
+                    temperature=req.temperature,
+                    top_p=req.top_p,
+                    choice=index,
+                )
+            )
+            words = generate_words(
+                rng=rng, user_text=req.user_text, temperature=req.temperature, top_p=req.top_p
+            )
+            tokens = (token for word in words for token in iter_tokens(word))
+            self.choices.append(_Choice(index=index, tokens=tokens, target=natural_length(rng)))
+
+    @property
+    def completion_tokens(self) -> int:
+        return sum(choice.generated for choice in self.choices)
+
+    @property
+    def done(self) -> bool:
+        return all(choice.finish_reason is not None for choice in self.choices)
+
+    def texts(self) -> list[str]:
+        return [choice.text for choice in self.choices]
+
+    def finish_reasons(self) -> list[str | None]:
+        return [choice.finish_reason for choice in self.choices]
+
+    def steps(self) -> Iterator[Step]:
+        budget = self.request.token_budget
+        if budget <= 0:
+            for choice in self.choices:
+                choice.finish_reason = FINISH_LENGTH
+            yield Step(deltas=(), finished=tuple((c.index, FINISH_LENGTH) for c in self.choices))
+            return
+        while not self.done:
+            deltas: list[tuple[int, str]] = []
+            finished: list[tuple[int, str]] = []
+            for choice in self.choices:
+                if choice.finish_reason is not None:
+                    continue
+                delta, reason = self._advance(choice, budget)
+                if delta:
+                    deltas.append((choice.index, delta))
+                if reason is not None:
+                    finished.append((choice.index, reason))
+            yield Step(deltas=tuple(deltas), finished=tuple(finished))
+
+    def _advance(self, choice: _Choice, budget: int) -> tuple[str, str | None]:
+        token = next(choice.tokens)
+        choice.generated += 1
+        choice.held += token
+        stops = self.request.stop
+        if stops:
+            hits = [(choice.held.find(stop), stop) for stop in stops if stop in choice.held]
+            if hits:
+                at = min(position for position, _ in hits)
+                return self._emit(choice, choice.held[:at], FINISH_STOP)
+        if choice.generated >= budget:
+            return self._emit(choice, choice.held, FINISH_LENGTH)
+        if choice.generated >= choice.target and token.strip() in {".", "!", "?"}:
+            return self._emit(choice, choice.held, FINISH_STOP)
+        # Hold back a tail that could still grow into a stop sequence; emit the rest.
+        keep = _longest_stop_prefix_suffix(choice.held, stops)
+        ready = choice.held[: len(choice.held) - keep]
+        choice.held = choice.held[len(ready) :]
+        choice.text += ready
+        return ready, None
+
+    @staticmethod
+    def _emit(choice: _Choice, text: str, reason: str) -> tuple[str, str]:
+        choice.text += text
+        choice.held = ""
+        choice.finish_reason = reason
+        return text, reason
+
+
+def _longest_stop_prefix_suffix(text: str, stops: tuple[str, ...]) -> int:
+    best = 0
+    for stop in stops:
+        for length in range(min(len(stop) - 1, len(text)), best, -1):
+            if text.endswith(stop[:length]):
+                best = length
+                break
+    return best
+
+
+def generate_all(request: GenerationRequest) -> Generation:
+    """Run a generation to the end at once (no pacing)."""
+    generation = Generation(request)
+    for _ in generation.steps():
+        pass
+    return generation

@@ -1,0 +1,135 @@
+"""Deterministic, readable simulated completions.
+
+A word-level Markov chain (order 2) over a small built-in corpus of assistant-style sentences,
+opened by a sentence that picks up the topic of the user's last message. Sampling honours
+`temperature` (sharpening or flattening the next-word distribution; 0 is greedy in the sense of
+fully determined by the prompt) and `top_p` (nucleus truncation). The random generator is seeded
+from the model name, the messages, `seed` and the sampling parameters, so the same request with
+the same seed yields the same text.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import re
+from collections import defaultdict
+from collections.abc import Iterator, Sequence
+from functools import lru_cache
+
+from inference.engine.corpus import CORPUS
+
+_WORD = re.compile(r"[A-Za-z]+(?:[-'][A-Za-z]+)*|[0-9]+|[^\sA-Za-z0-9]")
+_SENTENCE_END = {".", "!", "?"}
+_START = ("<s>", "<s>")
+_STOPWORDS = frozenset(
+    """a about above after again all am an and any are as at be because been before being below
+    between both but by can could did do does doing down during each few for from further had has
+    have having he her here hers him his how i if in into is it its itself just let me more most my
+    no nor not now of off on once only or other our out over own please same she should so some
+    such tell than that the their them then there these they this those through to too under until
+    up very was we were what when where which while who whom why will with would you your hello hi
+    hey thanks thank write give explain make show know want need like get say""".split()
+)
+_OPENERS = [
+    "Happy to help with {topic}.",
+    "Here is what I can tell you about {topic}.",
+    "Good question about {topic}.",
+    "Let me walk you through {topic}.",
+]
+_OPENERS_NO_TOPIC = ["Happy to help.", "Sure, here is my answer.", "Good question."]
+
+
+@lru_cache(maxsize=1)
+def _chain() -> dict[tuple[str, str], list[tuple[str, int]]]:
+    counts: dict[tuple[str, str], dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    for sentence in re.split(r"(?<=[.!?])\s+", CORPUS.replace("\n", " ")):
+        words = _WORD.findall(sentence)
+        state = _START
+        for word in words:
+            counts[state][word] += 1
+            state = (state[1], word)
+    # Deterministic order (by frequency, then alphabetically) so sampling is reproducible.
+    return {
+        state: sorted(nexts.items(), key=lambda item: (-item[1], item[0]))
+        for state, nexts in counts.items()
+    }
+
+
+def seed_for(
+    *, model: str, prompt: str, seed: int | None, temperature: float, top_p: float, choice: int
+) -> int:
+    if seed is None and temperature > 0:
+        return random.SystemRandom().getrandbits(64)
+    material = f"{model}\x00{prompt}\x00{seed if temperature > 0 else ''}\x00"
+    material += f"{temperature if temperature > 0 else 0}\x00{top_p}\x00{choice}"
+    return int.from_bytes(hashlib.blake2b(material.encode(), digest_size=8).digest(), "big")
+
+
+def topic_of(text: str) -> str:
+    words = [w for w in re.findall(r"[A-Za-z][A-Za-z0-9+#.-]*", text) if w.lower() not in _STOPWORDS]
+    topic = " ".join(words[:3]).strip(".-")
+    return topic[:60]
+
+
+def _pick(
+    rng: random.Random, options: Sequence[tuple[str, int]], temperature: float, top_p: float
+) -> str:
+    if temperature <= 0 or len(options) == 1:
+        # Fully determined by the prompt: still varied, never a loop on the top choice.
+        weights = [float(count) for _, count in options]
+    else:
+        weights = [float(count) ** (1.0 / temperature) for _, count in options]
+    if top_p < 1.0:
+        total = sum(weights)
+        kept, mass = 0, 0.0
+        for weight in weights:
+            kept += 1
+            mass += weight / total
+            if mass >= top_p:
+                break
+        options, weights = options[:kept], weights[:kept]
+    return rng.choices([word for word, _ in options], weights=weights, k=1)[0]
+
+
+def _join(previous: str | None, word: str) -> str:
+    if previous is None:
+        return word
+    if word in {".", ",", "!", "?", ";", ":"} or previous in {"-"}:
+        return word
+    return " " + word
+
+
+def generate_words(
+    *, rng: random.Random, user_text: str, temperature: float, top_p: float
+) -> Iterator[str]:
+    """Text pieces (a word with its leading space, or punctuation), endlessly.
+
+    The caller decides where to stop; `natural_length` suggests a reply length.
+    """
+    topic = topic_of(user_text)
+    opener = (
+        rng.choice(_OPENERS).format(topic=topic) if topic else rng.choice(_OPENERS_NO_TOPIC)
+    )
+    previous: str | None = None
+    for word in _WORD.findall(opener):
+        yield _join(previous, word)
+        previous = word
+    chain = _chain()
+    while True:
+        state = _START
+        while True:
+            options = chain.get(state)
+            if not options:
+                break
+            word = _pick(rng, options, temperature, top_p)
+            yield _join(previous, word)
+            previous = word
+            state = (state[1], word)
+            if word in _SENTENCE_END:
+                break
+
+
+def natural_length(rng: random.Random) -> int:
+    """How many tokens the model 'wants' to say before finishing its sentence."""
+    return rng.randint(24, 160)
