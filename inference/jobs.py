@@ -1,0 +1,270 @@
+"""Inference jobs between web processes and workers: the payload, the Celery message, and the
+job's state in Redis, which decides who does what when things go wrong.
+
+A job's state lives in the hash `nebula:job:{request id}` and only moves through Lua scripts:
+
+    (absent) ──claim──▶ waiting ──slot──▶ running ──finish──▶ done
+       │                   │                 │
+       └──abandon/cancel───┴──cancel──▶ cancelled / abandoned        (web side)
+
+Whoever moves the job into a final state writes its usage record, so every request is recorded
+exactly once: the worker for jobs that ran, the web process for jobs that never did. A duplicate
+delivery finds the hash already claimed and is dropped.
+"""
+
+from __future__ import annotations
+
+import base64
+import uuid
+from typing import Literal, NotRequired, TypedDict
+
+import orjson
+
+from nebula_site.lua import NOW_MS, LuaScript
+
+JOB_TTL_SECONDS = 3600
+TASK_NAME = "inference.run_completion"
+QUEUE = "celery"
+
+
+def job_key(request_id: str) -> str:
+    return f"nebula:job:{request_id}"
+
+
+class ModelPayload(TypedDict):
+    name: str
+    parameters: int
+    gpus: int
+    bandwidth_tb_s: float
+    bf16_tflops: float
+    capacity: int
+    context_length: int
+
+
+class JobPayload(TypedDict):
+    id: str  # the request id
+    reply_to: str  # the web process's reply channel
+    key_id: int
+    key_prefix: str
+    model: ModelPayload
+    prompt_text: str
+    user_text: str
+    prompt_tokens: int
+    max_tokens: int | None
+    stop: list[str]
+    n: int
+    seed: int | None
+    temperature: float
+    top_p: float
+    stream: bool
+    endpoint: str
+    client: str
+    enqueued_at: float  # Unix time on the web process
+    tpm_reserved: int
+    tpm_limit: int | None
+
+
+# --- Messages from worker to web process (Redis pub/sub on the web process's reply channel) -----
+
+
+class StartMessage(TypedDict):
+    r: str
+    t: Literal["start"]
+    queue_ms: float
+    worker: str
+
+
+class DeltaMessage(TypedDict):
+    r: str
+    t: Literal["delta"]
+    seq: int
+    d: list[tuple[int, str]]  # (choice index, text)
+    f: list[tuple[int, str]]  # (choice index, finish reason)
+
+
+class Usage(TypedDict):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class DoneMessage(TypedDict):
+    r: str
+    t: Literal["done"]
+    seq: int
+    usage: Usage
+    finish: list[str | None]
+    texts: NotRequired[list[str]]  # non-streaming jobs send the whole text at the end
+    ttft_ms: float
+    queue_ms: float
+
+
+class ErrorMessage(TypedDict):
+    r: str
+    t: Literal["error"]
+    code: str
+    message: str
+
+
+WorkerMessage = StartMessage | DeltaMessage | DoneMessage | ErrorMessage
+
+
+def celery_message(payload: JobPayload) -> bytes:
+    """The job as a Celery (protocol 2) message on kombu's Redis transport, ready to LPUSH.
+
+    Web processes enqueue inside the admission script, in the same round trip as the rate limit
+    check, which Celery's own (blocking) publisher cannot do. The envelope is what
+    `kombu.transport.redis.Channel._put` writes; tests run it through real workers.
+    """
+    task_id = payload["id"]
+    body = orjson.dumps(
+        [[], {"job": payload}, {"callbacks": None, "errbacks": None, "chain": None, "chord": None}]
+    )
+    headers = {
+        "lang": "py",
+        "task": TASK_NAME,
+        "id": task_id,
+        "shadow": None,
+        "eta": None,
+        "expires": None,
+        "group": None,
+        "group_index": None,
+        "retries": 0,
+        "timelimit": [None, None],
+        "root_id": task_id,
+        "parent_id": None,
+        "argsrepr": "()",
+        "kwargsrepr": f"{{'job': <{payload['model']['name']} request {task_id}>}}",
+        "origin": "nebula-web",
+        "ignore_result": True,
+        "replaced_task_nesting": 0,
+        "stamped_headers": None,
+        "stamps": {},
+    }
+    return orjson.dumps(
+        {
+            "body": base64.b64encode(body).decode("ascii"),
+            "content-encoding": "utf-8",
+            "content-type": "application/json",
+            "headers": headers,
+            "properties": {
+                "correlation_id": task_id,
+                "reply_to": "",
+                "delivery_mode": 2,
+                "delivery_info": {"exchange": "", "routing_key": QUEUE},
+                "priority": 0,
+                "body_encoding": "base64",
+                "delivery_tag": str(uuid.uuid4()),
+            },
+        }
+    )
+
+
+# --- State transitions ---------------------------------------------------------------------------
+
+# Worker: take a delivered job. ARGV: worker id, ttl. Returns 1 if this worker now owns it.
+CLAIM = LuaScript(
+    """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], 'state', 'waiting', 'worker', ARGV[1])
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+return 1
+"""
+)
+
+# Web: give up on a job nobody started in time. Returns 1 if the web process now owns it.
+ABANDON = LuaScript(
+    """
+local state = redis.call('HGET', KEYS[1], 'state')
+if state and state ~= 'waiting' then return 0 end
+redis.call('HSET', KEYS[1], 'state', 'abandoned')
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+return 1
+"""
+)
+
+# Web: the client went away. Returns the state the job was in ('' if never claimed); the job's
+# record belongs to the web process unless it was already running on a worker.
+CANCEL = LuaScript(
+    """
+local state = redis.call('HGET', KEYS[1], 'state')
+if state == 'done' or state == 'cancelled' or state == 'abandoned' or state == 'failed' then
+  return state
+end
+redis.call('HSET', KEYS[1], 'state', 'cancelled')
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+return state or ''
+"""
+)
+
+# Web: the worker running the job is dead. ARGV: dead worker id, 'retry' or 'fail', ttl.
+# 'retry' forgets the claim so a resent message can be claimed again; 'fail' ends the job.
+# Returns 1 if the web process took over.
+TAKE_OVER = LuaScript(
+    """
+local state = redis.call('HGET', KEYS[1], 'state')
+if (state ~= 'waiting' and state ~= 'running')
+    or redis.call('HGET', KEYS[1], 'worker') ~= ARGV[1] then
+  return 0
+end
+if ARGV[2] == 'retry' then
+  redis.call('DEL', KEYS[1])
+else
+  redis.call('HSET', KEYS[1], 'state', 'failed')
+  redis.call('EXPIRE', KEYS[1], ARGV[3])
+end
+return 1
+"""
+)
+
+# Worker: send a message if the job is still ours and running. Returns -1 if it is not (the
+# client cancelled or another worker took over), else the number of subscribers that got it:
+# 0 means the web process that asked is gone.
+PUBLISH = LuaScript(
+    """
+if redis.call('HGET', KEYS[1], 'state') ~= 'running'
+    or redis.call('HGET', KEYS[1], 'worker') ~= ARGV[3] then
+  return -1
+end
+return redis.call('PUBLISH', ARGV[1], ARGV[2])
+"""
+)
+
+# Worker: end a job that ran. KEYS: job, slots, usage stream. ARGV: worker, request id, final
+# state, usage record, reply channel, final message ('' for none), ttl.
+# Frees the slot, sends the final message and records usage, atomically; the record notes
+# whether anyone received the final message. Returns -1 if the job was no longer ours (then
+# someone else records it), else the PUBLISH count (0 if there was no message or no listener).
+FINISH = LuaScript(
+    """
+redis.call('ZREM', KEYS[2], ARGV[2])
+if redis.call('HGET', KEYS[1], 'worker') ~= ARGV[1] then return -1 end
+local state = redis.call('HGET', KEYS[1], 'state')
+if state ~= 'running' and state ~= 'cancelled' and state ~= 'waiting' then return -1 end
+redis.call('HSET', KEYS[1], 'state', ARGV[3])
+redis.call('EXPIRE', KEYS[1], ARGV[7])
+local delivered = ''
+if ARGV[6] ~= '' then delivered = redis.call('PUBLISH', ARGV[5], ARGV[6]) end
+redis.call('XADD', KEYS[3], '*', 'd', ARGV[4], 'delivered', delivered)
+if delivered == '' then return 0 end
+return delivered
+"""
+)
+
+
+# Web: is the job's worker alive? KEYS: job, workers zset. ARGV: worker ttl ms.
+# Returns {state or '', worker or '', 1 if that worker reported within the ttl, live workers}.
+INSPECT = LuaScript(
+    NOW_MS
+    + """
+local state = redis.call('HGET', KEYS[1], 'state') or ''
+local worker = redis.call('HGET', KEYS[1], 'worker') or ''
+local since = now - tonumber(ARGV[1])
+local alive = 0
+if worker ~= '' then
+  local seen = tonumber(redis.call('ZSCORE', KEYS[2], worker) or '0')
+  if seen >= since then alive = 1 end
+end
+return {state, worker, alive, redis.call('ZCOUNT', KEYS[2], since, '+inf')}
+"""
+)

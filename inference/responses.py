@@ -1,0 +1,129 @@
+"""OpenAI's response shapes for chat completions: the whole object, and SSE chunks."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+
+from inference.jobs import DoneMessage, Usage
+from inference.schemas import ChatCompletionRequest
+from inference.services import Completion
+from nebula_site.errors import NebulaError
+
+SYSTEM_FINGERPRINT = "fp_nebula_sim_v1"
+DONE_LINE = b"data: [DONE]\n\n"
+KEEPALIVE_LINE = b": keep-alive\n\n"
+
+
+def completion_id(request_id: str) -> str:
+    return "chatcmpl-" + request_id.removeprefix("req_")
+
+
+def usage_object(usage: Usage) -> dict[str, Any]:
+    return {
+        **usage,
+        "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
+        "completion_tokens_details": {
+            "reasoning_tokens": 0,
+            "audio_tokens": 0,
+            "accepted_prediction_tokens": 0,
+            "rejected_prediction_tokens": 0,
+        },
+    }
+
+
+def chat_completion(request_id: str, model: str, done: DoneMessage) -> dict[str, Any]:
+    texts = done.get("texts") or []
+    return {
+        "id": completion_id(request_id),
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "system_fingerprint": SYSTEM_FINGERPRINT,
+        "service_tier": "default",
+        "choices": [
+            {
+                "index": index,
+                "message": {
+                    "role": "assistant",
+                    "content": text,
+                    "refusal": None,
+                    "annotations": [],
+                },
+                "logprobs": None,
+                "finish_reason": done["finish"][index] or "stop",
+            }
+            for index, text in enumerate(texts)
+        ],
+        "usage": usage_object(done["usage"]),
+    }
+
+
+def error_chunk(error: NebulaError) -> bytes:
+    return b"data: " + orjson.dumps(error.body()) + b"\n\n" + DONE_LINE
+
+
+async def sse_events(completion: Completion, request: ChatCompletionRequest) -> AsyncIterator[bytes]:
+    """The stream as OpenAI sends it: role chunks, content chunks, finish chunks, usage, [DONE].
+
+    One id and `created` for the whole stream; `finish_reason` only in each choice's last chunk;
+    with `stream_options.include_usage`, `usage: null` on every chunk and one final chunk with
+    empty `choices` and the totals. Errors after the first byte become an error chunk + [DONE].
+    """
+    head = (
+        b'{"id":'
+        + orjson.dumps(completion_id(completion.ctx.request_id))
+        + b',"object":"chat.completion.chunk","created":'
+        + str(int(time.time())).encode()
+        + b',"model":'
+        + orjson.dumps(request.model)
+        + b',"system_fingerprint":"'
+        + SYSTEM_FINGERPRINT.encode()
+        + b'","service_tier":"default","choices":['
+    )
+    tail = b'],"usage":null}\n\n' if request.include_usage else b"]}\n\n"
+
+    def chunk(index: int, delta: dict[str, Any], finish: str | None = None) -> bytes:
+        choice = {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish}
+        return b"data: " + head + orjson.dumps(choice) + tail
+
+    try:
+        yield b"".join(
+            chunk(index, {"role": "assistant", "content": "", "refusal": None})
+            for index in range(request.n or 1)
+        )
+        async for message in completion.events(ticks=True):
+            kind = message["t"]
+            if kind == "delta":
+                parts = [chunk(index, {"content": text}) for index, text in message["d"] if text]
+                parts += [chunk(index, {}, reason) for index, reason in message["f"]]
+                if parts:
+                    completion.relayed = True
+                    yield b"".join(parts)
+            elif kind == "done":
+                if request.include_usage:
+                    usage = usage_object(message["usage"])
+                    yield (
+                        b"data: " + head + b'],"usage":' + orjson.dumps(usage) + b"}\n\n"
+                    )
+                yield DONE_LINE
+            elif kind == "error":
+                yield b"data: " + orjson.dumps(
+                    {
+                        "error": {
+                            "message": message["message"],
+                            "type": "server_error",
+                            "param": None,
+                            "code": message["code"],
+                        }
+                    }
+                ) + b"\n\n" + DONE_LINE
+            elif kind == "tick":
+                yield KEEPALIVE_LINE
+    except NebulaError as error:
+        yield error_chunk(error)
+    finally:
+        completion.close()

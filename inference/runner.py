@@ -1,0 +1,328 @@
+"""Running one inference job on a worker: claim it, wait for a GPU slot, generate at simulated
+GPU speed, stream tokens back to the web process, and record usage when it ends."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+import orjson
+import redis
+from django.conf import settings
+
+from inference.engine import Generation, GenerationRequest, HardwareSpec
+from inference.jobs import (
+    CLAIM,
+    FINISH,
+    JOB_TTL_SECONDS,
+    PUBLISH,
+    DeltaMessage,
+    DoneMessage,
+    ErrorMessage,
+    JobPayload,
+    StartMessage,
+    job_key,
+)
+from inference.slots import slot_acquire, slots_key
+from inference.workers import WorkerRuntime
+from keys.ratelimit import tpm_settle
+from nebula_site.redis_client import REDIS_ERRORS, get_redis
+from telemetry.ledger import STREAM, encode, itl_histogram, usage_event
+
+logger = logging.getLogger(__name__)
+
+# Batching tokens into one message: when tokens come faster than this apart (time scale 0, or a
+# tiny model), send at most every FLUSH_INTERVAL or FLUSH_TOKENS tokens; slower tokens go one by one.
+FLUSH_INTERVAL = 0.002
+FLUSH_TOKENS = 64
+# How often a non-streaming job (which sends nothing until the end) checks for cancellation.
+CANCEL_CHECK_INTERVAL = 0.05
+_POLL_MIN, _POLL_MAX = 0.002, 0.05
+
+
+class JobGone(Exception):
+    """The job is no longer ours to run: cancelled, abandoned, or its web process died."""
+
+
+@dataclass
+class _Outbox:
+    """Deltas produced but not yet sent, merged per choice in order."""
+
+    deltas: list[tuple[int, str]] = field(default_factory=list)
+    finished: list[tuple[int, str]] = field(default_factory=list)
+    tokens: int = 0
+    since: float = 0.0
+
+    def add(self, deltas: tuple[tuple[int, str], ...], finished: tuple[tuple[int, str], ...]) -> None:
+        if not self.tokens:
+            self.since = time.monotonic()
+        for index, text in deltas:
+            if self.deltas and self.deltas[-1][0] == index:
+                self.deltas[-1] = (index, self.deltas[-1][1] + text)
+            else:
+                merged = next((i for i, (c, _) in enumerate(self.deltas) if c == index), None)
+                if merged is None:
+                    self.deltas.append((index, text))
+                else:
+                    self.deltas[merged] = (index, self.deltas[merged][1] + text)
+        self.finished.extend(finished)
+        self.tokens += 1
+
+    def clear(self) -> None:
+        self.deltas, self.finished, self.tokens = [], [], 0
+
+
+class JobRun:
+    def __init__(self, job: JobPayload, worker: WorkerRuntime, client: redis.Redis) -> None:
+        self.job = job
+        self.worker = worker
+        self.client = client
+        self.key = job_key(job["id"])
+        self.seq = 0
+        self.queue_ms: float | None = None
+        self.ttft_ms: float | None = None
+        self.itl_gaps: list[float] = []
+        self.scale = settings.NEBULA_SIM_TIME_SCALE
+
+    # --- messages ------------------------------------------------------------------------------
+    def publish(self, message: StartMessage | DeltaMessage) -> None:
+        delivered = PUBLISH(
+            self.client,
+            [self.key],
+            [self.job["reply_to"], orjson.dumps(message), self.worker.id],
+        )
+        if int(delivered) <= 0:
+            raise JobGone
+
+    def still_running(self) -> None:
+        state, owner = self.client.hmget(self.key, ["state", "worker"])
+        if state != b"running" or owner != self.worker.id.encode():
+            raise JobGone
+
+    def sleep(self, seconds: float, *, check: bool) -> None:
+        """Sleep simulated GPU time; long sleeps check now and then that the job is still wanted."""
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            time.sleep(min(left, 0.1))
+            if check and left > 0.1:
+                self.still_running()
+
+    # --- the job -------------------------------------------------------------------------------
+    def wait_for_slot(self) -> bool:
+        model = self.job["model"]
+        arrival_ms = int(self.job["enqueued_at"] * 1000)
+        pause = _POLL_MIN
+        while True:
+            got = slot_acquire(
+                self.client,
+                model=model["name"],
+                request_id=self.job["id"],
+                job_key=self.key,
+                capacity=model["capacity"],
+                worker_id=self.worker.id,
+                arrival_ms=arrival_ms,
+            )
+            if got == 1:
+                return True
+            if got == -1:
+                return False  # abandoned or cancelled while waiting: the web process records it
+            time.sleep(pause)
+            pause = min(pause * 2, _POLL_MAX)
+
+    def generate(self) -> Generation:
+        job, model = self.job, self.job["model"]
+        spec = HardwareSpec(
+            parameters=model["parameters"],
+            gpus=model["gpus"],
+            bandwidth_tb_s=model["bandwidth_tb_s"],
+            bf16_tflops=model["bf16_tflops"],
+        )
+        generation = Generation(
+            GenerationRequest(
+                model=model["name"],
+                prompt_text=job["prompt_text"],
+                user_text=job["user_text"],
+                prompt_tokens=job["prompt_tokens"],
+                context_length=model["context_length"],
+                max_tokens=job["max_tokens"],
+                stop=tuple(job["stop"]),
+                n=job["n"],
+                seed=job["seed"],
+                temperature=job["temperature"],
+                top_p=job["top_p"],
+            )
+        )
+        stream = job["stream"]
+        step_seconds = spec.decode_seconds_per_token() * self.scale
+        self.sleep(spec.prefill_seconds(job["prompt_tokens"]) * self.scale, check=True)
+        outbox = _Outbox()
+        last_token = last_check = time.monotonic()
+        for step in generation.steps():
+            now = time.monotonic()
+            if self.ttft_ms is None:
+                self.ttft_ms = (time.time() - job["enqueued_at"]) * 1000
+            else:
+                self.itl_gaps.append((now - last_token) * 1000)
+            last_token = now
+            if stream:
+                outbox.add(step.deltas, step.finished)
+                # Send now if the next token is a while off, or enough has piled up.
+                if (
+                    generation.done
+                    or self.seq == 0
+                    or step_seconds > FLUSH_INTERVAL / 2
+                    or outbox.tokens >= FLUSH_TOKENS
+                    or now - outbox.since >= FLUSH_INTERVAL
+                ):
+                    if not generation.done:
+                        self.send_deltas(outbox)
+            elif now - last_check >= CANCEL_CHECK_INTERVAL:
+                self.still_running()
+                last_check = now
+            if not generation.done and step_seconds > 0:
+                self.sleep(step_seconds, check=False)
+        if stream and outbox.tokens:
+            self.send_deltas(outbox, final=True)
+        return generation
+
+    def send_deltas(self, outbox: _Outbox, final: bool = False) -> None:
+        self.seq += 1
+        message: DeltaMessage = {
+            "r": self.job["id"],
+            "t": "delta",
+            "seq": self.seq,
+            "d": outbox.deltas,
+            "f": outbox.finished,
+        }
+        outbox.clear()
+        self.publish(message)
+
+    def finish(
+        self,
+        *,
+        state: str,
+        status: int,
+        finish_reason: str,
+        completion_tokens: int,
+        message: DoneMessage | ErrorMessage | None,
+        error_code: str = "",
+    ) -> None:
+        job = self.job
+        event = usage_event(
+            request_id=job["id"],
+            key_id=job["key_id"],
+            key_prefix=job["key_prefix"],
+            model=job["model"]["name"],
+            endpoint=job["endpoint"],
+            client=job["client"],
+            status=status,
+            finish_reason=finish_reason,
+            error_code=error_code,
+            stream=job["stream"],
+            prompt_tokens=job["prompt_tokens"],
+            completion_tokens=completion_tokens,
+            queue_ms=self.queue_ms,
+            ttft_ms=self.ttft_ms,
+            latency_ms=(time.time() - job["enqueued_at"]) * 1000,
+            itl_hist=itl_histogram(self.itl_gaps),
+            itl_sum_ms=sum(self.itl_gaps),
+        )
+        FINISH(
+            self.client,
+            [self.key, slots_key(job["model"]["name"]), STREAM],
+            [
+                self.worker.id,
+                job["id"],
+                state,
+                encode(event),
+                job["reply_to"],
+                orjson.dumps(message) if message is not None else "",
+                JOB_TTL_SECONDS,
+            ],
+        )
+        if job["tpm_limit"]:
+            tpm_settle(
+                self.client,
+                key_id=job["key_id"],
+                tpm_limit=job["tpm_limit"],
+                reserved=job["tpm_reserved"],
+                used=job["prompt_tokens"] + completion_tokens,
+            )
+
+
+def completion_execute(job: JobPayload, worker: WorkerRuntime) -> None:
+    """Run one job to its end. Safe to call twice for the same job: the second call does nothing."""
+    client = get_redis()
+    run = JobRun(job, worker, client)
+    if not CLAIM(client, [run.key], [worker.id, JOB_TTL_SECONDS]):
+        logger.info("job %s was already claimed; dropping duplicate delivery", job["id"])
+        return
+    if not run.wait_for_slot():
+        return
+    model = job["model"]["name"]
+    with worker.holding_slot(model, job["id"]):
+        run.queue_ms = (time.time() - job["enqueued_at"]) * 1000
+        generation: Generation | None = None
+        try:
+            start: StartMessage = {
+                "r": job["id"],
+                "t": "start",
+                "queue_ms": run.queue_ms,
+                "worker": worker.id,
+            }
+            run.publish(start)
+            generation = run.generate()
+        except JobGone:
+            tokens = generation.completion_tokens if generation else 0
+            run.finish(
+                state="cancelled",
+                status=499,
+                finish_reason="cancelled",
+                error_code="client_gone",
+                completion_tokens=tokens,
+                message=None,
+            )
+            return
+        except REDIS_ERRORS:
+            raise
+        except Exception:
+            logger.exception("job %s failed on worker %s", job["id"], worker.id)
+            error: ErrorMessage = {
+                "r": job["id"],
+                "t": "error",
+                "code": "engine_error",
+                "message": "The model failed while generating. Retry the request.",
+            }
+            run.finish(
+                state="failed",
+                status=500,
+                finish_reason="error",
+                error_code="engine_error",
+                completion_tokens=0,
+                message=error,
+            )
+            return
+        reasons = generation.finish_reasons()
+        done: DoneMessage = {
+            "r": job["id"],
+            "t": "done",
+            "seq": run.seq + 1,
+            "usage": {
+                "prompt_tokens": job["prompt_tokens"],
+                "completion_tokens": generation.completion_tokens,
+                "total_tokens": job["prompt_tokens"] + generation.completion_tokens,
+            },
+            "finish": reasons,
+            "ttft_ms": run.ttft_ms or 0.0,
+            "queue_ms": run.queue_ms,
+        }
+        if not job["stream"]:
+            done["texts"] = generation.texts()
+        run.finish(
+            state="done",
+            status=200,
+            finish_reason=reasons[0] or "stop",
+            completion_tokens=generation.completion_tokens,
+            message=done,
+        )

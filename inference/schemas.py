@@ -1,0 +1,229 @@
+"""The `/v1/chat/completions` request, validated by pydantic against OpenAI's published schema.
+
+Unknown fields are ignored, as OpenAI does. Validation errors become OpenAI-style 400 errors
+whose `param` is the JSON path of the offending value (e.g. `messages[0].content`).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from nebula_site.errors import InvalidRequest
+
+_IGNORE_EXTRA = ConfigDict(extra="ignore", frozen=True)
+
+
+class TextPart(BaseModel):
+    model_config = _IGNORE_EXTRA
+    type: Literal["text"]
+    text: str
+
+
+class ImagePart(BaseModel):
+    model_config = _IGNORE_EXTRA
+    type: Literal["image_url"]
+    image_url: dict[str, Any]
+
+
+class AudioPart(BaseModel):
+    model_config = _IGNORE_EXTRA
+    type: Literal["input_audio"]
+    input_audio: dict[str, Any]
+
+
+class FilePart(BaseModel):
+    model_config = _IGNORE_EXTRA
+    type: Literal["file"]
+    file: dict[str, Any]
+
+
+class RefusalPart(BaseModel):
+    model_config = _IGNORE_EXTRA
+    type: Literal["refusal"]
+    refusal: str
+
+
+ContentPart = Annotated[
+    TextPart | ImagePart | AudioPart | FilePart | RefusalPart, Field(discriminator="type")
+]
+Content = str | list[ContentPart]
+
+
+class _Message(BaseModel):
+    model_config = _IGNORE_EXTRA
+    name: str | None = None
+
+    def text(self) -> str:
+        content = getattr(self, "content", None)
+        if content is None:
+            return ""
+        if isinstance(content, str):
+            return content
+        return "".join(
+            part.text if isinstance(part, TextPart) else getattr(part, "refusal", "")
+            for part in content
+        )
+
+
+class SystemMessage(_Message):
+    role: Literal["system"]
+    content: Content
+
+
+class DeveloperMessage(_Message):
+    role: Literal["developer"]
+    content: Content
+
+
+class UserMessage(_Message):
+    role: Literal["user"]
+    content: Content
+
+
+class AssistantMessage(_Message):
+    role: Literal["assistant"]
+    content: Content | None = None
+    refusal: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+    function_call: dict[str, Any] | None = None
+
+
+class ToolMessage(_Message):
+    role: Literal["tool"]
+    content: Content
+    tool_call_id: str
+
+
+class FunctionMessage(_Message):
+    role: Literal["function"]
+    content: str | None
+    name: str  # type: ignore[assignment]
+
+
+Message = Annotated[
+    SystemMessage | DeveloperMessage | UserMessage | AssistantMessage | ToolMessage | FunctionMessage,
+    Field(discriminator="role"),
+]
+
+
+class StreamOptions(BaseModel):
+    model_config = _IGNORE_EXTRA
+    include_usage: bool | None = None
+
+
+class ChatCompletionRequest(BaseModel):
+    model_config = _IGNORE_EXTRA
+
+    model: Annotated[str, Field(min_length=1, max_length=256)]
+    messages: Annotated[list[Message], Field(min_length=1)]
+    max_tokens: Annotated[int, Field(ge=1)] | None = None
+    max_completion_tokens: Annotated[int, Field(ge=1)] | None = None
+    temperature: Annotated[float, Field(ge=0, le=2)] | None = None
+    top_p: Annotated[float, Field(ge=0, le=1)] | None = None
+    n: Annotated[int, Field(ge=1, le=128)] | None = None
+    stop: str | Annotated[list[str], Field(max_length=4)] | None = None
+    seed: int | None = None
+    stream: bool | None = None
+    stream_options: StreamOptions | None = None
+    user: Annotated[str, Field(max_length=512)] | None = None
+
+    @model_validator(mode="after")
+    def _stream_options_need_stream(self) -> ChatCompletionRequest:
+        if self.stream_options is not None and not self.stream:
+            raise ValueError("stream_options is only allowed when stream is true")
+        return self
+
+    @property
+    def token_limit(self) -> int | None:
+        """`max_completion_tokens` supersedes the deprecated `max_tokens`."""
+        if self.max_completion_tokens is not None:
+            return self.max_completion_tokens
+        return self.max_tokens
+
+    @property
+    def stop_sequences(self) -> tuple[str, ...]:
+        if self.stop is None:
+            return ()
+        stops = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
+        return tuple(stop for stop in stops if stop)
+
+    @property
+    def include_usage(self) -> bool:
+        return bool(self.stream_options and self.stream_options.include_usage)
+
+
+_ROLES = {"system", "developer", "user", "assistant", "tool", "function"}
+_PART_TYPES = {"text", "image_url", "input_audio", "file", "refusal"}
+
+
+def _param(location: tuple[int | str, ...]) -> str | None:
+    """`('messages', 0, 'user', 'content')` → `messages[0].content`.
+
+    pydantic puts the name of the union branch it tried into the location: a discriminator tag
+    right after a list index (`'user'`, `'text'`) or a type name (`'str'`, `'list[str]'`).
+    """
+    path = ""
+    previous: int | str | None = None
+    for part in location:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        elif isinstance(previous, int) and part in _ROLES | _PART_TYPES:
+            pass
+        elif "[" in part or part in {"str", "int", "float", "bool"}:
+            pass
+        else:
+            path += f".{part}" if path else part
+        previous = part
+    return path or None
+
+
+def _describe(error: dict[str, Any]) -> tuple[str, str | None, str]:
+    kind = error["type"]
+    param = _param(tuple(error.get("loc", ())))
+    if kind == "json_invalid":
+        return (
+            "We could not parse the JSON body of your request. (HINT: This likely means you "
+            "aren't using your HTTP library correctly. The OpenAI API expects a JSON payload.)",
+            None,
+            "invalid_json",
+        )
+    if kind == "model_type" and param is None:
+        return "The request body must be a JSON object.", None, "invalid_json"
+    if kind == "missing":
+        return f"Missing required parameter: '{param}'.", param, "missing_required_parameter"
+    if kind == "union_tag_invalid" or kind == "union_tag_not_found":
+        expected = error.get("ctx", {}).get("expected_tags", "")
+        field = "role" if "role" in str(error.get("ctx", {}).get("discriminator", "")) else "type"
+        where = f"{param}.{field}" if param else field
+        return f"Invalid value for '{where}': expected one of {expected}.", where, "invalid_value"
+    if kind == "value_error" and param is None:
+        message = str(error.get("msg", "")).removeprefix("Value error, ")
+        field = "stream_options" if "stream_options" in message else None
+        return f"Invalid request: {message}.", field, "invalid_value"
+    message = str(error.get("msg", "invalid value"))
+    given = error.get("input")
+    shown = repr(given) if isinstance(given, int | float | bool) else None
+    suffix = f" (got {shown})" if shown is not None else ""
+    code = "invalid_type" if kind.endswith("_type") or kind.endswith("_parsing") else "invalid_value"
+    return f"Invalid '{param}': {message[0].lower() + message[1:]}{suffix}.", param, code
+
+
+def parse_chat_request(body: bytes) -> ChatCompletionRequest:
+    """Validate a raw request body, or raise an OpenAI-style 400 for its first problem."""
+    try:
+        return ChatCompletionRequest.model_validate_json(body)
+    except ValidationError as exc:
+        errors = exc.errors(include_url=False)
+        # A bad value in a union field is reported once per branch. Prefer an error that says
+        # what is wrong with the value (too long, out of range) over "not of this type", and
+        # a deeper location over a shallower one.
+        def rank(error: Any) -> tuple[int, int, int]:
+            decisive = error["type"] in {"json_invalid", "missing"}
+            about_value = not error["type"].endswith(("_type", "_parsing"))
+            return (decisive, about_value, len(error.get("loc", ())))
+
+        first = max(reversed(errors), key=rank)
+        message, param, code = _describe(dict(first))
+        raise InvalidRequest(message, param=param, code=code) from None

@@ -1,0 +1,148 @@
+"""GPU slots: a model serves at most `replicas × max_concurrent_seqs` sequences at once, counted
+across every worker on every machine in Redis.
+
+A running sequence holds a lease in `nebula:slots:{model}` (a sorted set scored by lease expiry),
+renewed by its worker's heartbeat, so a worker that dies frees its slots within NEBULA_WORKER_TTL.
+Jobs that find no free slot wait in line (`nebula:waiting:{model}`, scored by arrival) and are
+admitted first come, first served; a waiter that stops polling drops out of line.
+"""
+
+from __future__ import annotations
+
+import time
+
+import redis
+from django.conf import settings
+
+from nebula_site.lua import NOW_MS, LuaScript
+from nebula_site.redis_client import get_redis
+
+CAPACITY_KEY = "nebula:capacity"
+
+
+def slots_key(model: str) -> str:
+    return f"nebula:slots:{model}"
+
+
+def waiting_key(model: str) -> str:
+    return f"nebula:waiting:{model}"
+
+
+def waiter_leases_key(model: str) -> str:
+    return f"nebula:waiting-leases:{model}"
+
+
+def lease_ms() -> int:
+    return int(settings.NEBULA_WORKER_TTL * 1000)
+
+
+# KEYS: slots, waiting, waiter leases, job, capacity hash
+# ARGV: request id, fallback capacity, lease ms, worker id, arrival ms, model name
+# Returns 1 (slot taken, job now running), 0 (wait and poll again), -1 (job no longer wants one).
+_ACQUIRE = LuaScript(
+    NOW_MS
+    + """
+local rid = ARGV[1]
+local lease = tonumber(ARGV[3])
+if redis.call('HGET', KEYS[4], 'state') ~= 'waiting'
+    or redis.call('HGET', KEYS[4], 'worker') ~= ARGV[4] then
+  redis.call('ZREM', KEYS[2], rid)
+  redis.call('HDEL', KEYS[3], rid)
+  return -1
+end
+local capacity = tonumber(redis.call('HGET', KEYS[5], ARGV[6]) or ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+redis.call('ZADD', KEYS[2], 'NX', ARGV[5], rid)
+redis.call('HSET', KEYS[3], rid, now + lease)
+local free = capacity - redis.call('ZCARD', KEYS[1])
+if free <= 0 then return 0 end
+for _ = 1, 100 do
+  local head = redis.call('ZRANGE', KEYS[2], 0, free - 1)
+  local clean = true
+  for _, member in ipairs(head) do
+    local until_ms = tonumber(redis.call('HGET', KEYS[3], member) or '0')
+    if until_ms < now then
+      redis.call('ZREM', KEYS[2], member)
+      redis.call('HDEL', KEYS[3], member)
+      clean = false
+    elseif member == rid then
+      redis.call('ZREM', KEYS[2], rid)
+      redis.call('HDEL', KEYS[3], rid)
+      redis.call('ZADD', KEYS[1], now + lease, rid)
+      redis.call('HSET', KEYS[4], 'state', 'running')
+      return 1
+    end
+  end
+  if clean then return 0 end
+end
+return 0
+"""
+)
+
+
+def slot_acquire(
+    client: redis.Redis,
+    *,
+    model: str,
+    request_id: str,
+    job_key: str,
+    capacity: int,
+    worker_id: str,
+    arrival_ms: int,
+) -> int:
+    return int(
+        _ACQUIRE(
+            client,
+            [
+                slots_key(model),
+                waiting_key(model),
+                waiter_leases_key(model),
+                job_key,
+                CAPACITY_KEY,
+            ],
+            [request_id, capacity, lease_ms(), worker_id, arrival_ms, model],
+        )
+    )
+
+
+def slot_release(client: redis.Redis, *, model: str, request_id: str) -> None:
+    client.zrem(slots_key(model), request_id)
+
+
+def slots_renew(client: redis.Redis, held: list[tuple[str, str]]) -> None:
+    """Extend the leases of (model, request id) slots a live worker still holds."""
+    if not held:
+        return
+    now_ms = int(time.time() * 1000)
+    pipe = client.pipeline(transaction=False)
+    for model, request_id in held:
+        pipe.zadd(slots_key(model), {request_id: now_ms + lease_ms()}, xx=True)
+    pipe.execute()
+
+
+_COUNT_LIVE = LuaScript(
+    NOW_MS
+    + """
+return {redis.call('ZCOUNT', KEYS[1], now, '+inf'), redis.call('ZCARD', KEYS[2])}
+"""
+)
+
+
+def slot_usage(model: str) -> tuple[int, int]:
+    """(sequences running, sequences waiting) for `model`, fleet-wide."""
+    running, waiting = _COUNT_LIVE(get_redis(), [slots_key(model), waiting_key(model)])
+    return int(running), int(waiting)
+
+
+def slots_in_use(model: str) -> int:
+    return slot_usage(model)[0]
+
+
+def capacity_publish(capacities: dict[str, int]) -> None:
+    """Tell waiting jobs the current capacity of each model (after a deploy or a scale)."""
+    client = get_redis()
+    pipe = client.pipeline(transaction=True)
+    pipe.delete(CAPACITY_KEY)
+    if capacities:
+        pipe.hset(CAPACITY_KEY, mapping=capacities)  # type: ignore[arg-type]
+    pipe.execute()

@@ -1,0 +1,280 @@
+"""The usage ledger: every request's record goes through a Redis stream into the database.
+
+Producers (web processes for refused or abandoned requests, workers for jobs that ran) append a
+`UsageEvent` to `nebula:usage` — for workers inside the same script that frees the GPU slot, so
+a job cannot finish without its record. Consumers (a thread in every worker, or in the web
+process when standalone) read the stream as one consumer group, insert in batches, and only then
+acknowledge. A consumer that dies leaves its entries pending; another claims them after a while.
+The request id is unique in the table and inserts ignore conflicts, so an entry handled twice is
+still one row.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from datetime import UTC, datetime
+from typing import Any, TypedDict
+
+import orjson
+import redis
+from asgiref.sync import sync_to_async
+from django.db import close_old_connections, transaction
+
+from nebula_site.redis_client import REDIS_ERRORS, get_async_redis, new_sync_connection
+
+logger = logging.getLogger(__name__)
+
+STREAM = "nebula:usage"
+GROUP = "ledger"
+# Inter-token latency histogram bounds (ms), as vLLM's `time_per_output_token` buckets.
+ITL_BUCKETS_MS = (10, 25, 50, 75, 100, 150, 200, 300, 400, 500, 750, 1000, 2500)
+_BATCH = 500
+_CLAIM_IDLE_MS = 30_000
+
+
+class UsageEvent(TypedDict):
+    request_id: str
+    key_id: int | None
+    key_prefix: str
+    model: str
+    endpoint: str
+    client: str
+    status: int
+    finish_reason: str
+    error_code: str
+    stream: bool
+    prompt_tokens: int
+    completion_tokens: int
+    queue_ms: float | None
+    ttft_ms: float | None
+    latency_ms: float | None
+    created_at: float  # Unix time
+    itl_hist: list[int]  # counts per ITL_BUCKETS_MS bound, plus one for above the last
+    itl_sum_ms: float
+
+
+def usage_event(
+    *,
+    request_id: str,
+    key_id: int | None,
+    key_prefix: str,
+    model: str,
+    endpoint: str,
+    status: int,
+    client: str = "api",
+    finish_reason: str = "",
+    error_code: str = "",
+    stream: bool = False,
+    prompt_tokens: int = 0,
+    completion_tokens: int = 0,
+    queue_ms: float | None = None,
+    ttft_ms: float | None = None,
+    latency_ms: float | None = None,
+    created_at: float | None = None,
+    itl_hist: list[int] | None = None,
+    itl_sum_ms: float = 0.0,
+) -> UsageEvent:
+    return {
+        "request_id": request_id,
+        "key_id": key_id,
+        "key_prefix": key_prefix,
+        "model": model[:256],
+        "endpoint": endpoint,
+        "client": client,
+        "status": status,
+        "finish_reason": finish_reason,
+        "error_code": error_code,
+        "stream": stream,
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "queue_ms": queue_ms,
+        "ttft_ms": ttft_ms,
+        "latency_ms": latency_ms,
+        "created_at": time.time() if created_at is None else created_at,
+        "itl_hist": itl_hist or [],
+        "itl_sum_ms": itl_sum_ms,
+    }
+
+
+def itl_histogram(gaps_ms: list[float]) -> list[int]:
+    counts = [0] * (len(ITL_BUCKETS_MS) + 1)
+    for gap in gaps_ms:
+        for index, bound in enumerate(ITL_BUCKETS_MS):
+            if gap <= bound:
+                counts[index] += 1
+                break
+        else:
+            counts[-1] += 1
+    return counts
+
+
+def encode(event: UsageEvent) -> bytes:
+    return orjson.dumps(event)
+
+
+async def usage_record(event: UsageEvent) -> None:
+    """Append a record from a web process. Falls back to the database if Redis is down."""
+    try:
+        await get_async_redis().xadd(STREAM, {"d": encode(event)})
+    except REDIS_ERRORS:
+        await sync_to_async(usage_write_batch)([event])
+
+
+def usage_record_sync(event: UsageEvent) -> None:
+    from nebula_site.redis_client import get_redis
+
+    try:
+        get_redis().xadd(STREAM, {"d": encode(event)})
+    except REDIS_ERRORS:
+        usage_write_batch([event])
+
+
+def _decode(fields: dict[bytes, bytes]) -> UsageEvent | None:
+    raw = fields.get(b"d")
+    if raw is None:
+        return None
+    event: UsageEvent = orjson.loads(raw)
+    # The worker's final message found nobody listening: the web process (and so the client)
+    # went away before the answer arrived.
+    if fields.get(b"delivered") == b"0" and event["status"] == 200:
+        event["status"] = 499
+        event["finish_reason"] = "cancelled"
+        event["error_code"] = "client_gone"
+    return event
+
+
+def usage_write_batch(events: list[UsageEvent]) -> int:
+    """Insert records (idempotent by request id); update keys' last use; feed Prometheus."""
+    from keys.services import keys_touch_last_used
+    from telemetry.models import UsageRecord
+
+    if not events:
+        return 0
+    rows = [
+        UsageRecord(
+            request_id=event["request_id"],
+            api_key_id=event["key_id"],
+            key_prefix=event["key_prefix"],
+            model=event["model"],
+            endpoint=event["endpoint"],
+            client=event["client"],
+            status=event["status"],
+            finish_reason=event["finish_reason"],
+            error_code=event["error_code"],
+            stream=event["stream"],
+            prompt_tokens=event["prompt_tokens"],
+            completion_tokens=event["completion_tokens"],
+            queue_ms=event["queue_ms"],
+            ttft_ms=event["ttft_ms"],
+            latency_ms=event["latency_ms"],
+            created_at=datetime.fromtimestamp(event["created_at"], tz=UTC),
+        )
+        for event in events
+    ]
+    last_used: dict[int, datetime] = {}
+    for row in rows:
+        if row.api_key_id is not None and row.status < 400:
+            last_used[row.api_key_id] = max(
+                last_used.get(row.api_key_id, row.created_at), row.created_at
+            )
+    with transaction.atomic():
+        existing = set(
+            UsageRecord.objects.filter(request_id__in=[row.request_id for row in rows]).values_list(
+                "request_id", flat=True
+            )
+        )
+        fresh = [row for row in rows if row.request_id not in existing]
+        UsageRecord.objects.bulk_create(fresh, ignore_conflicts=True, batch_size=500)
+        keys_touch_last_used(last_used)
+    inserted = {row.request_id for row in fresh}
+    try:
+        from telemetry.prometheus import metrics_observe
+
+        metrics_observe([event for event in events if event["request_id"] in inserted])
+    except REDIS_ERRORS:
+        logger.warning("could not update Prometheus aggregates", exc_info=True)
+    return len(fresh)
+
+
+class LedgerConsumer:
+    """Moves usage events from the stream into the database until stopped."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.stop = threading.Event()
+        self._client: redis.Redis | None = None
+
+    @property
+    def client(self) -> redis.Redis:
+        if self._client is None:
+            # Its own connection: blocking reads must not hold a pooled one.
+            self._client = new_sync_connection(socket_timeout=10)
+        return self._client
+
+    def ensure_group(self) -> None:
+        try:
+            self.client.xgroup_create(STREAM, GROUP, id="0", mkstream=True)
+        except redis.exceptions.ResponseError as error:
+            if "BUSYGROUP" not in str(error):
+                raise
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            try:
+                self.ensure_group()
+                while not self.stop.is_set():
+                    self.drain_once(block_ms=1000)
+            except REDIS_ERRORS:
+                logger.warning("usage ledger lost Redis; retrying in 1 s")
+                self._client = None
+                self.stop.wait(1.0)
+            except redis.exceptions.ResponseError as error:
+                if "NOGROUP" in str(error):  # the stream was deleted (Redis restarted)
+                    continue
+                logger.exception("usage ledger error")
+                self.stop.wait(1.0)
+            except Exception:
+                logger.exception("usage ledger error; retrying in 1 s")
+                close_old_connections()
+                self.stop.wait(1.0)
+
+    def drain_once(self, block_ms: int = 0) -> int:
+        """Handle one batch: abandoned entries of dead consumers first, then new ones."""
+        claimed = self.client.xautoclaim(
+            STREAM, GROUP, self.name, min_idle_time=_CLAIM_IDLE_MS, start_id="0-0", count=_BATCH
+        )
+        entries: list[tuple[bytes, dict[bytes, bytes]]] = [
+            entry for entry in claimed[1] if entry and entry[1]
+        ]
+        if not entries:
+            response: Any = self.client.xreadgroup(
+                GROUP, self.name, {STREAM: ">"}, count=_BATCH, block=block_ms or None
+            )
+            for _stream, stream_entries in response or []:
+                entries.extend(stream_entries)
+        if not entries:
+            return 0
+        events = [event for _id, fields in entries if (event := _decode(fields)) is not None]
+        close_old_connections()
+        usage_write_batch(events)
+        ids = [entry_id for entry_id, _ in entries]
+        pipe = self.client.pipeline(transaction=False)
+        pipe.xack(STREAM, GROUP, *ids)
+        pipe.xdel(STREAM, *ids)
+        pipe.execute()
+        return len(entries)
+
+
+def ledger_flush(timeout: float = 10.0) -> None:
+    """Drain the stream now (tests, shutdown). Returns when nothing is left or on timeout."""
+    consumer = LedgerConsumer(f"flush-{time.monotonic_ns()}")
+    consumer.ensure_group()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if consumer.drain_once() == 0:
+            pending = consumer.client.xpending(STREAM, GROUP)
+            if not pending or not pending.get("pending"):
+                return
+            time.sleep(0.05)
