@@ -216,6 +216,7 @@ class JobRun:
             model=job["model"]["name"],
             endpoint=job["endpoint"],
             client=job["client"],
+            worker=self.worker.id,
             status=status,
             finish_reason=finish_reason,
             error_code=error_code,

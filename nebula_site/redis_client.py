@@ -75,9 +75,16 @@ def get_async_redis() -> aioredis.Redis:
 
             client = fake_aioredis.FakeRedis(server=_fake())
         else:
-            client = aioredis.Redis.from_url(
-                settings.REDIS_URL, retry=_retry(), max_connections=256, **_CLIENT_OPTIONS
+            # A blocking pool waits for a free connection under a burst instead of failing
+            # with "Too many connections".
+            pool = aioredis.BlockingConnectionPool.from_url(
+                settings.REDIS_URL,
+                max_connections=256,
+                timeout=2,
+                retry=_retry(),
+                **_CLIENT_OPTIONS,
             )
+            client = aioredis.Redis(connection_pool=pool)
         _async_clients[loop] = client
     return client
 

@@ -41,6 +41,7 @@ class UsageEvent(TypedDict):
     model: str
     endpoint: str
     client: str
+    worker: str
     status: int
     finish_reason: str
     error_code: str
@@ -64,6 +65,7 @@ def usage_event(
     endpoint: str,
     status: int,
     client: str = "api",
+    worker: str = "",
     finish_reason: str = "",
     error_code: str = "",
     stream: bool = False,
@@ -83,6 +85,7 @@ def usage_event(
         "model": model[:256],
         "endpoint": endpoint,
         "client": client,
+        "worker": worker,
         "status": status,
         "finish_reason": finish_reason,
         "error_code": error_code,
@@ -160,6 +163,7 @@ def usage_write_batch(events: list[UsageEvent]) -> int:
             model=event["model"],
             endpoint=event["endpoint"],
             client=event["client"],
+            worker=event["worker"],
             status=event["status"],
             finish_reason=event["finish_reason"],
             error_code=event["error_code"],

@@ -18,6 +18,7 @@ class UsageRecord(models.Model):
     model = models.CharField(max_length=256, blank=True)
     endpoint = models.CharField(max_length=64)
     client = models.CharField(max_length=16, default="api")  # "api" or "playground"
+    worker = models.CharField(max_length=128, blank=True)  # the worker that ran the job
     status = models.PositiveSmallIntegerField()
     finish_reason = models.CharField(max_length=16, blank=True)  # stop, length, cancelled, error
     error_code = models.CharField(max_length=64, blank=True)

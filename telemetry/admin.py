@@ -1,0 +1,39 @@
+from __future__ import annotations
+
+from django.contrib import admin
+from django.http import HttpRequest
+
+from telemetry.models import UsageRecord
+
+
+@admin.register(UsageRecord)
+class UsageRecordAdmin(admin.ModelAdmin[UsageRecord]):
+    """Read-only: usage is what happened, and billing depends on it staying that way."""
+
+    list_display = [
+        "created_at",
+        "request_id",
+        "key_prefix",
+        "model",
+        "endpoint",
+        "status",
+        "finish_reason",
+        "prompt_tokens",
+        "completion_tokens",
+        "ttft_ms",
+        "latency_ms",
+        "stream",
+    ]
+    list_filter = ["status", "model", "finish_reason", "stream", "client", "worker", "created_at", "api_key"]
+    search_fields = ["request_id", "key_prefix", "model"]
+    date_hierarchy = "created_at"
+    list_select_related = ["api_key"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: UsageRecord | None = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: UsageRecord | None = None) -> bool:
+        return False

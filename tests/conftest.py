@@ -1,0 +1,155 @@
+"""Shared fixtures: personas, keys, models, Redis, and a live Nebula (daphne + Celery workers)."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from django.conf import settings
+
+from tests.support.stack import Stack, database_url
+
+# Simulated time in the live stack: a tenth of real GPU time. A 7B model on an H100 decodes a
+# token in ~0.6 ms and loads in ~0.7 s; tests that need slow generation deploy a slower model.
+LIVE_TIME_SCALE = "0.1"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _clean_test_redis() -> None:
+    """Start every run from an empty test Redis database."""
+    from nebula_site.redis_client import get_redis
+
+    get_redis().flushdb()
+
+
+@pytest.fixture(autouse=True)
+def _fresh_process_caches() -> Iterator[None]:
+    """Each test starts with empty key and model caches in this process."""
+    from nebula_site.epoch import observe_epoch
+
+    observe_epoch(f"test-{uuid.uuid4().hex}")
+    yield
+
+
+@pytest.fixture
+def redis_client() -> Any:
+    from nebula_site.redis_client import get_redis
+
+    return get_redis()
+
+
+# --- Personas --------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def operator(django_user_model: Any) -> Any:
+    return django_user_model.objects.create_user(
+        "olivia-operator", password="operator-pass-123", is_staff=True
+    )
+
+
+@pytest.fixture
+def alice(django_user_model: Any) -> Any:
+    return django_user_model.objects.create_user("alice", password="alice-pass-123")
+
+
+@pytest.fixture
+def bob(django_user_model: Any) -> Any:
+    return django_user_model.objects.create_user("bob", password="bob-pass-123")
+
+
+@pytest.fixture
+def make_key() -> Any:
+    """`make_key(owner, **options) -> (ApiKey, secret)`"""
+    from keys.services import key_create
+
+    def make(owner: Any, name: str = "test key", **options: Any) -> tuple[Any, str]:
+        created = key_create(owner=owner, name=name, **options)
+        return created.key, created.secret
+
+    return make
+
+
+@pytest.fixture
+def ready_model() -> Any:
+    """`ready_model(name="nebula-7b", **options) -> DeployedModel`, ready at once."""
+    from models_registry.services import model_seed_ready
+
+    def make(name: str = "nebula-7b", **options: Any) -> Any:
+        options.setdefault("params_billions", 7)
+        options.setdefault("gpu_type", "H100-80GB")
+        model, _ = model_seed_ready(owner=None, name=name, **options)
+        return model
+
+    return make
+
+
+# --- The live stack ----------------------------------------------------------------------------
+
+
+def live_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    from django.db import connection
+
+    return {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "tests.settings",
+        "NEBULA_TESTING": "1",
+        "DATABASE_URL": database_url(connection.settings_dict),
+        "NEBULA_SIM_TIME_SCALE": LIVE_TIME_SCALE,
+        "NEBULA_WORKER_TTL": "2",
+        "NEBULA_HEARTBEAT_INTERVAL": "0.5",
+        "NEBULA_QUEUE_TIMEOUT": "5",
+        "NEBULA_WORKER_CONCURRENCY": "64",
+        "PYTHONUNBUFFERED": "1",
+        **(extra or {}),
+    }
+
+
+@pytest.fixture(scope="session")
+def stack(django_db_setup: Any, django_db_blocker: Any) -> Iterator[Stack]:
+    """Two daphne web processes and two Celery worker processes, for the whole session."""
+    with django_db_blocker.unblock():
+        env = live_env()
+    live = Stack(env=env)
+    try:
+        live.start_worker()
+        live.start_worker()
+        live.start_web()
+        live.start_web()
+        live.wait_workers(2)
+        yield live
+    finally:
+        live.stop()
+
+
+@pytest.fixture
+def live(stack: Stack, transactional_db: Any) -> Iterator[Stack]:
+    """The live stack, for a test whose data must be committed (the servers read it)."""
+    yield stack
+    # The test's rows are about to be flushed: make every server drop its caches.
+    from nebula_site.epoch import epoch_bump
+
+    epoch_bump()
+
+
+@pytest.fixture
+def openai_client(live: Stack) -> Any:
+    import openai
+
+    def make(secret: str, *, url: str | None = None) -> openai.OpenAI:
+        return openai.OpenAI(base_url=(url or live.url) + "/v1", api_key=secret, max_retries=0)
+
+    return make
+
+
+def pytest_collection_modifyitems(config: Any, items: list[Any]) -> None:
+    # Live-stack tests are slower; run them after the fast ones so failures show up early.
+    items.sort(key=lambda item: "live" in getattr(item, "fixturenames", ()))
+
+
+assert settings.REDIS_URL.endswith(os.environ.get("NEBULA_TEST_REDIS_DB", "15")), (
+    "tests must run against the test Redis database"
+)

@@ -1,0 +1,26 @@
+"""Settings for the test run: the project's settings, pointed at test-only Redis and databases.
+
+NEBULA_TEST_REDIS_DB (default 15) picks the Redis database and suffixes the test database names,
+so two test runs on one machine (say, two people's checkouts) do not step on each other.
+"""
+
+import os
+
+_slot = os.environ.get("NEBULA_TEST_REDIS_DB", "15")
+os.environ["REDIS_URL"] = os.environ.get("NEBULA_TEST_REDIS_URL", f"redis://127.0.0.1:6379/{_slot}")
+os.environ["NEBULA_TEST_SQLITE"] = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), f".test-db-{_slot}.sqlite3"
+)
+os.environ.setdefault("NEBULA_SIM_TIME_SCALE", "0")
+os.environ.setdefault("SECRET_KEY", "tests-only-secret-key-0123456789-abcdefghijklmnopqrstuvwxyz")
+os.environ.pop("NEBULA_STANDALONE", None)
+
+from nebula_site.settings import *  # noqa: E402, F403
+from nebula_site.settings import DATABASES  # noqa: E402
+
+if DATABASES["default"]["ENGINE"] != "django.db.backends.sqlite3":
+    DATABASES["default"].setdefault("TEST", {})["NAME"] = (
+        f"test_{DATABASES['default']['NAME']}_{_slot}"
+    )
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]  # fast logins in tests
+AXES_ENABLED = False
