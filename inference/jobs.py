@@ -56,6 +56,8 @@ class JobPayload(TypedDict):
     seed: int | None
     temperature: float
     top_p: float
+    ignore_eos: bool
+    min_tokens: int
     stream: bool
     endpoint: str
     client: str

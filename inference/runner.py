@@ -84,6 +84,7 @@ class JobRun:
         self.ttft_ms: float | None = None
         self.itl_gaps: list[float] = []
         self.scale = settings.NEBULA_SIM_TIME_SCALE
+        self.generation: Generation | None = None
 
     # --- messages ------------------------------------------------------------------------------
     def publish(self, message: StartMessage | DeltaMessage) -> None:
@@ -138,7 +139,7 @@ class JobRun:
             bandwidth_tb_s=model["bandwidth_tb_s"],
             bf16_tflops=model["bf16_tflops"],
         )
-        generation = Generation(
+        generation = self.generation = Generation(
             GenerationRequest(
                 model=model["name"],
                 prompt_text=job["prompt_text"],
@@ -151,6 +152,8 @@ class JobRun:
                 seed=job["seed"],
                 temperature=job["temperature"],
                 top_p=job["top_p"],
+                ignore_eos=job["ignore_eos"],
+                min_tokens=job["min_tokens"],
             )
         )
         stream = job["stream"]
@@ -264,7 +267,6 @@ def completion_execute(job: JobPayload, worker: WorkerRuntime) -> None:
     model = job["model"]["name"]
     with worker.holding_slot(model, job["id"]):
         run.queue_ms = (time.time() - job["enqueued_at"]) * 1000
-        generation: Generation | None = None
         try:
             start: StartMessage = {
                 "r": job["id"],
@@ -275,7 +277,7 @@ def completion_execute(job: JobPayload, worker: WorkerRuntime) -> None:
             run.publish(start)
             generation = run.generate()
         except JobGone:
-            tokens = generation.completion_tokens if generation else 0
+            tokens = run.generation.completion_tokens if run.generation else 0
             run.finish(
                 state="cancelled",
                 status=499,

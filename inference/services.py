@@ -335,6 +335,8 @@ async def completion_submit(
             "seed": request.seed,
             "temperature": 1.0 if request.temperature is None else request.temperature,
             "top_p": 1.0 if request.top_p is None else request.top_p,
+            "ignore_eos": bool(request.ignore_eos),
+            "min_tokens": request.min_tokens or 0,
             "stream": ctx.stream,
             "endpoint": ctx.endpoint,
             "client": ctx.client,

@@ -199,7 +199,7 @@ def model_deploy(
             _announce(model)
             enqueue_on_commit(load_model, model.pk)
     except IntegrityError:
-        raise Conflict(
+        raise InvalidRequest(
             f"A deployment named '{name}' already exists. Undeploy it first or pick another name.",
             param="name",
             code="duplicate_name",

@@ -20,7 +20,7 @@ from typing import Any, TypedDict
 import orjson
 import redis
 from asgiref.sync import sync_to_async
-from django.db import close_old_connections, transaction
+from django.db import DataError, IntegrityError, close_old_connections, transaction
 
 from nebula_site.redis_client import REDIS_ERRORS, get_async_redis, new_sync_connection
 
@@ -28,6 +28,8 @@ logger = logging.getLogger(__name__)
 
 STREAM = "nebula:usage"
 GROUP = "ledger"
+# Records the database refused (malformed): kept for an operator to look at, never dropped.
+DEAD_LETTERS = "nebula:usage:dead"
 # Inter-token latency histogram bounds (ms), as vLLM's `time_per_output_token` buckets.
 ITL_BUCKETS_MS = (10, 25, 50, 75, 100, 150, 200, 300, 400, 500, 750, 1000, 2500)
 _BATCH = 500
@@ -150,15 +152,19 @@ def _decode(fields: dict[bytes, bytes]) -> UsageEvent | None:
 
 def usage_write_batch(events: list[UsageEvent]) -> int:
     """Insert records (idempotent by request id); update keys' last use; feed Prometheus."""
+    from keys.models import ApiKey
     from keys.services import keys_touch_last_used
     from telemetry.models import UsageRecord
 
     if not events:
         return 0
+    # A key deleted since (with its owner) keeps its records, without the link.
+    key_ids = {event["key_id"] for event in events if event["key_id"] is not None}
+    known = set(ApiKey.objects.filter(pk__in=key_ids).values_list("pk", flat=True))
     rows = [
         UsageRecord(
             request_id=event["request_id"],
-            api_key_id=event["key_id"],
+            api_key_id=event["key_id"] if event["key_id"] in known else None,
             key_prefix=event["key_prefix"],
             model=event["model"],
             endpoint=event["endpoint"],
@@ -262,7 +268,16 @@ class LedgerConsumer:
             return 0
         events = [event for _id, fields in entries if (event := _decode(fields)) is not None]
         close_old_connections()
-        usage_write_batch(events)
+        try:
+            usage_write_batch(events)
+        except (IntegrityError, DataError):
+            # One bad record must not block the ledger: write one by one, set aside the bad.
+            for event in events:
+                try:
+                    usage_write_batch([event])
+                except (IntegrityError, DataError):
+                    logger.exception("usage record %s refused; moved aside", event["request_id"])
+                    self.client.xadd(DEAD_LETTERS, {"d": encode(event)})
         ids = [entry_id for entry_id, _ in entries]
         pipe = self.client.pipeline(transaction=False)
         pipe.xack(STREAM, GROUP, *ids)

@@ -97,6 +97,7 @@ def live_env(extra: dict[str, str] | None = None) -> dict[str, str]:
         **os.environ,
         "DJANGO_SETTINGS_MODULE": "tests.settings",
         "NEBULA_TESTING": "1",
+        "NEBULA_LIVE_SERVER": "1",
         "DATABASE_URL": database_url(connection.settings_dict),
         "NEBULA_SIM_TIME_SCALE": LIVE_TIME_SCALE,
         "NEBULA_WORKER_TTL": "2",

@@ -24,3 +24,7 @@ if DATABASES["default"]["ENGINE"] != "django.db.backends.sqlite3":
     )
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]  # fast logins in tests
 AXES_ENABLED = False
+
+# In the pytest process, Celery tasks run eagerly (unit tests); the live servers the integration
+# tests start (NEBULA_LIVE_SERVER=1) send them to their real workers.
+CELERY_TASK_ALWAYS_EAGER = os.environ.get("NEBULA_LIVE_SERVER") != "1"

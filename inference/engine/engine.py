@@ -30,6 +30,9 @@ class GenerationRequest:
     seed: int | None = None
     temperature: float = 1.0
     top_p: float = 1.0
+    # vLLM's extensions: never end naturally, or not before this many tokens.
+    ignore_eos: bool = False
+    min_tokens: int = 0
 
     @property
     def token_budget(self) -> int:
@@ -128,7 +131,10 @@ class Generation:
                 return self._emit(choice, choice.held[:at], FINISH_STOP)
         if choice.generated >= budget:
             return self._emit(choice, choice.held, FINISH_LENGTH)
-        if choice.generated >= choice.target and token.strip() in {".", "!", "?"}:
+        natural_end = not self.request.ignore_eos and choice.generated >= max(
+            choice.target, self.request.min_tokens
+        )
+        if natural_end and token.strip() in {".", "!", "?"}:
             return self._emit(choice, choice.held, FINISH_STOP)
         # Hold back a tail that could still grow into a stop sequence; emit the rest.
         keep = _longest_stop_prefix_suffix(choice.held, stops)

@@ -1,0 +1,181 @@
+"""Running jobs on the worker side against real Redis, without Celery."""
+
+import threading
+import time
+
+import pytest
+
+from inference import runner
+from inference.engine import count_tokens
+from inference.jobs import CANCEL, JOB_TTL_SECONDS, job_key
+from inference.runner import completion_execute
+from inference.slots import slots_key, waiting_key
+from inference.workers import WorkerRuntime
+from tests.support.jobs import ReplyListener, make_job, usage_events
+
+
+@pytest.fixture
+def worker():
+    return WorkerRuntime(concurrency=8)
+
+
+@pytest.fixture
+def listener():
+    listening = ReplyListener()
+    yield listening
+    listening.close()
+
+
+class RecordingClock:
+    """Replaces `time` inside the runner: sleeps are recorded and advance a virtual clock."""
+
+    def __init__(self):
+        self.offset = 0.0
+        self.slept = []
+
+    def time(self):
+        return time.time() + self.offset
+
+    def monotonic(self):
+        return time.monotonic() + self.offset
+
+    def sleep(self, seconds):
+        self.slept.append(seconds)
+        self.offset += seconds
+
+
+def run_timed(monkeypatch, settings, worker, listener, scale, **job_options):
+    clock = RecordingClock()
+    monkeypatch.setattr(runner, "time", clock)
+    settings.NEBULA_SIM_TIME_SCALE = scale
+    job = make_job(reply_to=listener.channel, **job_options)
+    completion_execute(job, worker)
+    return job, clock
+
+
+def test_time_scale_zero_adds_no_waiting(monkeypatch, settings, worker, listener):
+    # A 70B model on one L4 would take ~0.7 s per token at scale 1.
+    job, clock = run_timed(
+        monkeypatch, settings, worker, listener, 0, params_billions=70, gpu="L4", max_tokens=50
+    )
+    assert clock.slept == []
+    (event,) = usage_events(job["id"])
+    assert event["status"] == 200 and 0 < event["completion_tokens"] <= 50
+
+
+def test_simulated_time_comes_from_the_hardware(monkeypatch, settings, worker, listener):
+    job, clock = run_timed(monkeypatch, settings, worker, listener, 1.0, max_tokens=20)
+    prefill = 2 * 7e9 * job["prompt_tokens"] / (989e12 * 0.5)
+    per_token = 14e9 / (3.35e12 * 0.7)
+    assert sum(clock.slept) == pytest.approx(prefill + 19 * per_token, rel=1e-3)
+
+
+def test_a_13b_model_takes_longer_than_a_7b_model_on_the_same_gpu(
+    monkeypatch, settings, worker, listener
+):
+    _, small = run_timed(monkeypatch, settings, worker, listener, 1.0, params_billions=7)
+    _, big = run_timed(monkeypatch, settings, worker, listener, 1.0, params_billions=13)
+    assert sum(big.slept) > sum(small.slept) * 1.8
+
+
+def test_a_streaming_job_sends_start_deltas_and_done_in_order(settings, worker, listener):
+    settings.NEBULA_SIM_TIME_SCALE = 0
+    job = make_job(reply_to=listener.channel, max_tokens=100)
+    completion_execute(job, worker)
+    time.sleep(0.2)
+    kinds = [m["t"] for m in listener.of(job["id"])]
+    assert kinds[0] == "start" and kinds[-1] == "done" and "delta" in kinds
+    deltas = listener.of(job["id"], "delta")
+    assert [d["seq"] for d in deltas] == list(range(1, len(deltas) + 1))
+    streamed = "".join(text for d in deltas for _, text in d["d"])
+    usage = listener.of(job["id"], "done")[0]["usage"]
+    assert usage["completion_tokens"] == count_tokens(streamed) <= 100
+
+
+def test_a_job_delivered_twice_runs_once_and_is_recorded_once(settings, worker, listener):
+    settings.NEBULA_SIM_TIME_SCALE = 0
+    job = make_job(reply_to=listener.channel)
+    completion_execute(job, worker)
+    completion_execute(job, WorkerRuntime(concurrency=8))
+    time.sleep(0.2)
+    assert len(listener.of(job["id"], "done")) == 1
+    assert len(usage_events(job["id"])) == 1
+
+
+def _run_concurrently(jobs, worker):
+    threads = [threading.Thread(target=completion_execute, args=(job, worker)) for job in jobs]
+    for thread in threads:
+        thread.start()
+        time.sleep(0.02)  # arrive in order
+    return threads
+
+
+def test_with_capacity_two_a_third_concurrent_job_waits(settings, worker, listener, redis_client):
+    # 20B on 2×L4 decodes a token in ~95 ms; at scale 0.5, eight tokens take ~0.3 s.
+    settings.NEBULA_SIM_TIME_SCALE = 0.5
+    model = "capacity-two"
+    jobs = [
+        make_job(reply_to=listener.channel, model=model, params_billions=20, gpu="L4", gpus=2,
+                 capacity=2)
+        for _ in range(3)
+    ]
+    threads = _run_concurrently(jobs, worker)
+    time.sleep(0.15)
+    assert redis_client.zcard(slots_key(model)) == 2
+    assert redis_client.zrange(waiting_key(model), 0, -1) == [jobs[2]["id"].encode()]
+    for thread in threads:
+        thread.join()
+    third_started = listener.at(jobs[2]["id"], "start")
+    first_done = min(listener.at(job["id"], "done") for job in jobs[:2])
+    assert third_started >= first_done - 0.01
+    queue_ms = {job["id"]: usage_events(job["id"])[0]["queue_ms"] for job in jobs}
+    assert queue_ms[jobs[2]["id"]] > 200
+    assert redis_client.zcard(slots_key(model)) == 0
+
+
+def test_raising_capacity_lets_a_waiting_job_in(settings, worker, listener, redis_client):
+    settings.NEBULA_SIM_TIME_SCALE = 0.5
+    model = "capacity-one"
+    redis_client.hset("nebula:capacity", model, 1)
+    jobs = [
+        make_job(reply_to=listener.channel, model=model, params_billions=20, gpu="L4", gpus=2,
+                 capacity=1, max_tokens=12)
+        for _ in range(2)
+    ]
+    threads = _run_concurrently(jobs, worker)
+    time.sleep(0.1)
+    assert redis_client.zcard(waiting_key(model)) == 1
+    redis_client.hset("nebula:capacity", model, 2)  # what model_scale publishes
+    time.sleep(0.15)
+    assert redis_client.zcard(slots_key(model)) == 2
+    for thread in threads:
+        thread.join()
+    redis_client.hdel("nebula:capacity", model)
+
+
+def test_a_cancelled_stream_stops_within_a_token_or_two_and_frees_its_slot(
+    settings, worker, listener, redis_client
+):
+    settings.NEBULA_SIM_TIME_SCALE = 0.5  # ~48 ms per token
+    job = make_job(reply_to=listener.channel, params_billions=20, gpu="L4", gpus=2, max_tokens=500)
+    thread = threading.Thread(target=completion_execute, args=(job, worker))
+    thread.start()
+    time.sleep(0.5)
+    CANCEL(redis_client, [job_key(job["id"])], [JOB_TTL_SECONDS])
+    cancelled_at = time.monotonic()
+    thread.join(timeout=5)
+    assert not thread.is_alive()
+    assert time.monotonic() - cancelled_at < 0.2  # within a couple of ~48 ms tokens
+    assert redis_client.zcard(slots_key(job["model"]["name"])) == 0
+    (event,) = usage_events(job["id"])
+    assert event["finish_reason"] == "cancelled" and event["status"] == 499
+    assert 0 < event["completion_tokens"] < 30
+
+
+def test_a_job_whose_web_process_is_gone_stops(settings, worker):
+    settings.NEBULA_SIM_TIME_SCALE = 0
+    job = make_job(reply_to="nebula:reply:nobody-listens", max_tokens=500)
+    completion_execute(job, worker)
+    (event,) = usage_events(job["id"])
+    assert event["finish_reason"] == "cancelled"
+    assert event["completion_tokens"] <= 1
