@@ -44,14 +44,14 @@ class ReplyHub:
     def close(self, request_id: str) -> None:
         self._queues.pop(request_id, None)
 
-    async def ready(self, timeout: float = 2.0) -> None:
+    async def ready(self, wait: float = 2.0) -> None:
         """Return once this process is subscribed; 503 if Redis cannot be reached."""
         if self._ready.is_set():
             return
         if self._task is None or self._task.done():
             self._task = asyncio.get_running_loop().create_task(self._run(), name="reply-hub")
         try:
-            async with asyncio.timeout(timeout):
+            async with asyncio.timeout(wait):
                 await self._ready.wait()
         except TimeoutError:
             raise ServiceUnavailable(
@@ -84,7 +84,7 @@ class ReplyHub:
                         queue.put_nowait(data)
             except asyncio.CancelledError:
                 raise
-            except (*REDIS_ERRORS, ConnectionError):
+            except REDIS_ERRORS:  # includes ConnectionError (an OSError)
                 logger.warning("reply channel lost its Redis connection; resubscribing")
             except Exception:
                 logger.exception("reply hub failed; resubscribing")
@@ -100,9 +100,7 @@ class ReplyHub:
             pause = min(pause * 2, 2.0)
 
 
-_hubs: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, ReplyHub] = (
-    weakref.WeakKeyDictionary()
-)
+_hubs: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, ReplyHub] = weakref.WeakKeyDictionary()
 
 
 def reply_hub() -> ReplyHub:

@@ -122,7 +122,7 @@ def celery_message(payload: JobPayload) -> bytes:
     body = orjson.dumps(
         [[], {"job": payload}, {"callbacks": None, "errbacks": None, "chain": None, "chord": None}]
     )
-    headers = {
+    headers: dict[str, object] = {
         "lang": "py",
         "task": TASK_NAME,
         "id": task_id,

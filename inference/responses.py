@@ -66,7 +66,9 @@ def error_chunk(error: NebulaError) -> bytes:
     return b"data: " + orjson.dumps(error.body()) + b"\n\n" + DONE_LINE
 
 
-async def sse_events(completion: Completion, request: ChatCompletionRequest) -> AsyncIterator[bytes]:
+async def sse_events(
+    completion: Completion, request: ChatCompletionRequest
+) -> AsyncIterator[bytes]:
     """The stream as OpenAI sends it: role chunks, content chunks, finish chunks, usage, [DONE].
 
     One id and `created` for the whole stream; `finish_reason` only in each choice's last chunk;
@@ -106,21 +108,24 @@ async def sse_events(completion: Completion, request: ChatCompletionRequest) -> 
             elif kind == "done":
                 if request.include_usage:
                     usage = usage_object(message["usage"])
-                    yield (
-                        b"data: " + head + b'],"usage":' + orjson.dumps(usage) + b"}\n\n"
-                    )
+                    yield (b"data: " + head + b'],"usage":' + orjson.dumps(usage) + b"}\n\n")
                 yield DONE_LINE
             elif kind == "error":
-                yield b"data: " + orjson.dumps(
-                    {
-                        "error": {
-                            "message": message["message"],
-                            "type": "server_error",
-                            "param": None,
-                            "code": message["code"],
+                yield (
+                    b"data: "
+                    + orjson.dumps(
+                        {
+                            "error": {
+                                "message": message["message"],
+                                "type": "server_error",
+                                "param": None,
+                                "code": message["code"],
+                            }
                         }
-                    }
-                ) + b"\n\n" + DONE_LINE
+                    )
+                    + b"\n\n"
+                    + DONE_LINE
+                )
             elif kind == "tick":
                 yield KEEPALIVE_LINE
     except NebulaError as error:

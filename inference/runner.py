@@ -32,8 +32,8 @@ from telemetry.ledger import STREAM, encode, itl_histogram, usage_event
 
 logger = logging.getLogger(__name__)
 
-# Batching tokens into one message: when tokens come faster than this apart (time scale 0, or a
-# tiny model), send at most every FLUSH_INTERVAL or FLUSH_TOKENS tokens; slower tokens go one by one.
+# Batching tokens into one message: when tokens come faster than this apart (time scale 0, or
+# a tiny model), send every FLUSH_INTERVAL or FLUSH_TOKENS tokens; slower tokens go one by one.
 FLUSH_INTERVAL = 0.002
 FLUSH_TOKENS = 64
 # How often a non-streaming job (which sends nothing until the end) checks for cancellation.
@@ -54,7 +54,9 @@ class _Outbox:
     tokens: int = 0
     since: float = 0.0
 
-    def add(self, deltas: tuple[tuple[int, str], ...], finished: tuple[tuple[int, str], ...]) -> None:
+    def add(
+        self, deltas: tuple[tuple[int, str], ...], finished: tuple[tuple[int, str], ...]
+    ) -> None:
         if not self.tokens:
             self.since = time.monotonic()
         for index, text in deltas:
@@ -170,16 +172,16 @@ class JobRun:
             last_token = now
             if stream:
                 outbox.add(step.deltas, step.finished)
-                # Send now if the next token is a while off, or enough has piled up.
-                if (
-                    generation.done
-                    or self.seq == 0
+                # Send now if the next token is a while off, or enough has piled up. The last
+                # batch goes out after the loop.
+                due = (
+                    self.seq == 0
                     or step_seconds > FLUSH_INTERVAL / 2
                     or outbox.tokens >= FLUSH_TOKENS
                     or now - outbox.since >= FLUSH_INTERVAL
-                ):
-                    if not generation.done:
-                        self.send_deltas(outbox)
+                )
+                if due and not generation.done:
+                    self.send_deltas(outbox)
             elif now - last_check >= CANCEL_CHECK_INTERVAL:
                 self.still_running()
                 last_check = now

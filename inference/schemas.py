@@ -99,11 +99,15 @@ class ToolMessage(_Message):
 class FunctionMessage(_Message):
     role: Literal["function"]
     content: str | None
-    name: str  # type: ignore[assignment]
 
 
 Message = Annotated[
-    SystemMessage | DeveloperMessage | UserMessage | AssistantMessage | ToolMessage | FunctionMessage,
+    SystemMessage
+    | DeveloperMessage
+    | UserMessage
+    | AssistantMessage
+    | ToolMessage
+    | FunctionMessage,
     Field(discriminator="role"),
 ]
 
@@ -173,9 +177,9 @@ def _param(location: tuple[int | str, ...]) -> str | None:
         if isinstance(part, int):
             path += f"[{part}]"
         elif isinstance(previous, int) and part in _ROLES | _PART_TYPES:
-            pass
+            pass  # a discriminator tag
         elif "[" in part or part in {"str", "int", "float", "bool"}:
-            pass
+            pass  # a union branch's type name
         else:
             path += f".{part}" if path else part
         previous = part
@@ -198,18 +202,20 @@ def _describe(error: dict[str, Any]) -> tuple[str, str | None, str]:
         return f"Missing required parameter: '{param}'.", param, "missing_required_parameter"
     if kind == "union_tag_invalid" or kind == "union_tag_not_found":
         expected = error.get("ctx", {}).get("expected_tags", "")
-        field = "role" if "role" in str(error.get("ctx", {}).get("discriminator", "")) else "type"
-        where = f"{param}.{field}" if param else field
+        tag = "role" if "role" in str(error.get("ctx", {}).get("discriminator", "")) else "type"
+        where = f"{param}.{tag}" if param else tag
         return f"Invalid value for '{where}': expected one of {expected}.", where, "invalid_value"
     if kind == "value_error" and param is None:
         message = str(error.get("msg", "")).removeprefix("Value error, ")
-        field = "stream_options" if "stream_options" in message else None
-        return f"Invalid request: {message}.", field, "invalid_value"
+        culprit = "stream_options" if "stream_options" in message else None
+        return f"Invalid request: {message}.", culprit, "invalid_value"
     message = str(error.get("msg", "invalid value"))
     given = error.get("input")
     shown = repr(given) if isinstance(given, int | float | bool) else None
     suffix = f" (got {shown})" if shown is not None else ""
-    code = "invalid_type" if kind.endswith("_type") or kind.endswith("_parsing") else "invalid_value"
+    code = (
+        "invalid_type" if kind.endswith("_type") or kind.endswith("_parsing") else "invalid_value"
+    )
     return f"Invalid '{param}': {message[0].lower() + message[1:]}{suffix}.", param, code
 
 
@@ -219,6 +225,7 @@ def parse_chat_request(body: bytes) -> ChatCompletionRequest:
         return ChatCompletionRequest.model_validate_json(body)
     except ValidationError as exc:
         errors = exc.errors(include_url=False)
+
         # A bad value in a union field is reported once per branch. Prefer an error that says
         # what is wrong with the value (too long, out of range) over "not of this type", and
         # a deeper location over a shallower one.

@@ -109,7 +109,9 @@ class RequestContext:
 
     async def record_refusal(self, error: NebulaError) -> None:
         if not getattr(error, "recorded", False):
-            await self.record(status=error.status, error_code=error.code or "", finish_reason="error")
+            await self.record(
+                status=error.status, error_code=error.code or "", finish_reason="error"
+            )
 
 
 # --- Gateway ------------------------------------------------------------------------------------
@@ -256,8 +258,7 @@ def _check_size(request: ChatCompletionRequest) -> tuple[str, str, int]:
     """Flatten the conversation: (prompt text, last user message, prompt tokens)."""
     if len(request.messages) > settings.NEBULA_MAX_MESSAGES:
         raise InvalidRequest(
-            f"Too many messages: {len(request.messages)} (at most "
-            f"{settings.NEBULA_MAX_MESSAGES}).",
+            f"Too many messages: {len(request.messages)} (at most {settings.NEBULA_MAX_MESSAGES}).",
             param="messages",
             code="too_many_messages",
         )
@@ -301,7 +302,10 @@ async def completion_submit(
 
     def build_job(key: KeyInfo, model: ModelInfo) -> tuple[bytes, int]:
         limit = request.token_limit
-        if prompt_tokens + (limit or 0) > model.context_length or prompt_tokens >= model.context_length:
+        if (
+            prompt_tokens + (limit or 0) > model.context_length
+            or prompt_tokens >= model.context_length
+        ):
             raise InvalidRequest(
                 f"This model's maximum context length is {model.context_length} tokens. However, "
                 f"you requested {prompt_tokens + (limit or 0)} tokens ({prompt_tokens} in the "
@@ -311,7 +315,9 @@ async def completion_submit(
                 code="context_length_exceeded",
             )
         room = model.context_length - prompt_tokens
-        reserve = prompt_tokens + n * (limit if limit is not None else min(room, DEFAULT_COMPLETION_RESERVE))
+        reserve = prompt_tokens + n * (
+            limit if limit is not None else min(room, DEFAULT_COMPLETION_RESERVE)
+        )
         payload: JobPayload = {
             "id": ctx.request_id,
             "reply_to": hub.channel,
@@ -498,7 +504,7 @@ class Completion:
                 self.attempts += 1
                 self.started = False
                 self._seq = 0
-                await client.lpush(QUEUE, celery_message(self.payload))  # type: ignore[misc]
+                await client.lpush(QUEUE, celery_message(self.payload))
             return
         if await TAKE_OVER.acall(client, [key], [worker, "fail", JOB_TTL_SECONDS]):
             self.finished = True

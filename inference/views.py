@@ -73,6 +73,7 @@ async def chat_completions(request: HttpRequest) -> HttpResponseBase:
     except NebulaError as error:
         await ctx.record_refusal(error)
         return error_response(error, request_id=ctx.request_id)
+    response: HttpResponseBase
     try:
         if body.stream:
             # Hold the response until a worker has the job, so a full queue still gets a 503.
@@ -99,10 +100,17 @@ async def chat_completions(request: HttpRequest) -> HttpResponseBase:
 
 
 def _model_object(model: ModelInfo) -> dict[str, object]:
-    return {"id": model.name, "object": "model", "created": model.created, "owned_by": model.owned_by}
+    return {
+        "id": model.name,
+        "object": "model",
+        "created": model.created,
+        "owned_by": model.owned_by,
+    }
 
 
-async def _visible_models(request: HttpRequest, ctx: RequestContext) -> tuple[list[ModelInfo], dict[str, str]]:
+async def _visible_models(
+    request: HttpRequest, ctx: RequestContext
+) -> tuple[list[ModelInfo], dict[str, str]]:
     secret = parse_bearer(request.headers.get("Authorization"))
     admitted = await gateway_admit(ctx, credential=secret)
     catalog, _ = await catalog_snapshot()

@@ -1,4 +1,4 @@
-"""Who is asking, and what they may touch. Every key lookup on behalf of a person goes through here."""
+"""Who is asking, and what they may touch: every key lookup on behalf of a person goes here."""
 
 from __future__ import annotations
 
@@ -95,12 +95,17 @@ def authorize_key_settings(
     from django.conf import settings
 
     if owner.pk != actor.user.pk:
-        raise PermissionDenied("You can only manage your own keys.", code="insufficient_permissions")
+        raise PermissionDenied(
+            "You can only manage your own keys.", code="insufficient_permissions"
+        )
     if is_admin:
-        raise PermissionDenied("Only operators can create admin keys.", code="insufficient_permissions")
+        raise PermissionDenied(
+            "Only operators can create admin keys.", code="insufficient_permissions"
+        )
     if rpm_limit is not None and rpm_limit > settings.NEBULA_DEFAULT_RPM:
         raise PermissionDenied(
-            f"Only operators can set a limit above {settings.NEBULA_DEFAULT_RPM} requests per minute.",
+            f"Only operators can set a limit above {settings.NEBULA_DEFAULT_RPM} requests per "
+            "minute.",
             code="insufficient_permissions",
         )
     del tpm_limit  # lowering your own token budget is always allowed

@@ -34,9 +34,7 @@ class ApiKey(models.Model):
         ordering = ["-created_at", "-id"]
         verbose_name = "API key"
         constraints = [
-            models.CheckConstraint(
-                condition=models.Q(rpm_limit__gt=0), name="apikey_rpm_positive"
-            ),
+            models.CheckConstraint(condition=models.Q(rpm_limit__gt=0), name="apikey_rpm_positive"),
         ]
 
     def __str__(self) -> str:

@@ -193,7 +193,9 @@ async def admit(
     )
 
 
-def tpm_settle(client: redis.Redis, *, key_id: int, tpm_limit: int, reserved: int, used: int) -> None:
+def tpm_settle(
+    client: redis.Redis, *, key_id: int, tpm_limit: int, reserved: int, used: int
+) -> None:
     """Replace a request's token reservation by what it used: refund the rest, or charge more."""
     if reserved != used:
         _SETTLE(client, [tpm_key(key_id)], [reserved - used, tpm_limit])

@@ -9,7 +9,9 @@ from models_registry.models import LIVE_STATES, DeployedModel, ModelState
 from nebula_site.errors import NotFound
 
 
-def deployments_visible_to(actor: Actor, *, include_history: bool = False) -> QuerySet[DeployedModel]:
+def deployments_visible_to(
+    actor: Actor, *, include_history: bool = False
+) -> QuerySet[DeployedModel]:
     models = DeployedModel.objects.select_related("owner")
     if actor.is_operator:
         return models if include_history else models.filter(state__in=LIVE_STATES)
@@ -23,9 +25,10 @@ def deployments_visible_to(actor: Actor, *, include_history: bool = False) -> Qu
 def deployment_get_for(actor: Actor, name: str) -> DeployedModel:
     """The live deployment called `name` (or, for operators, the latest one), else 404."""
     deployments = deployments_visible_to(actor, include_history=True).filter(name=name)
-    model = deployments.filter(state__in=LIVE_STATES).first() or deployments.order_by(
-        "-created_at"
-    ).first()
+    model = (
+        deployments.filter(state__in=LIVE_STATES).first()
+        or deployments.order_by("-created_at").first()
+    )
     if model is None:
         raise NotFound(f"No deployment named '{name}'.", param="name", code="model_not_found")
     return model

@@ -14,7 +14,7 @@ class ModelEventInline(admin.TabularInline[ModelEvent, DeployedModel]):
     extra = 0
     can_delete = False
     readonly_fields = ["at", "from_state", "to_state", "note"]
-    fields = readonly_fields
+    fields = ["at", "from_state", "to_state", "note"]
 
     def has_add_permission(self, request: HttpRequest, obj: DeployedModel | None = None) -> bool:
         return False

@@ -1,4 +1,4 @@
-"""The model catalogue as the /v1 hot path sees it: a per-process snapshot, dropped on any change."""
+"""The model catalogue as the /v1 hot path sees it: a per-process snapshot, dropped on change."""
 
 from __future__ import annotations
 

@@ -6,6 +6,7 @@ import logging
 import re
 import time
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
@@ -300,9 +301,9 @@ def model_load(*, model_id: int) -> None:
     # updated_at tells the reconciler this loader is alive.
     while (left := deadline - time.monotonic()) > 0:
         time.sleep(min(left, 1.0))
-        still_loading = DeployedModel.objects.filter(
-            pk=model_id, state=ModelState.LOADING
-        ).update(updated_at=timezone.now())
+        still_loading = DeployedModel.objects.filter(pk=model_id, state=ModelState.LOADING).update(
+            updated_at=timezone.now()
+        )
         if not still_loading:
             return
     model_transition(
@@ -314,7 +315,11 @@ def model_load(*, model_id: int) -> None:
 
 
 def model_scale(*, model: DeployedModel, replicas: int) -> DeployedModel:
-    if isinstance(replicas, bool) or not isinstance(replicas, int) or not 1 <= replicas <= MAX_REPLICAS:
+    if (
+        isinstance(replicas, bool)
+        or not isinstance(replicas, int)
+        or not 1 <= replicas <= MAX_REPLICAS
+    ):
         raise InvalidRequest(
             f"replicas must be a whole number from 1 to {MAX_REPLICAS}.", param="replicas"
         )
@@ -391,7 +396,7 @@ def model_reconcile(*, stale_after: float = 30.0) -> int:
     from models_registry.tasks import load_model, stop_model
     from nebula_site.tasks import send_task
 
-    cutoff = timezone.now() - timezone.timedelta(seconds=stale_after)
+    cutoff = timezone.now() - timedelta(seconds=stale_after)
     nudged = 0
     for model in DeployedModel.objects.filter(
         state__in=[ModelState.PENDING, ModelState.LOADING, ModelState.STOPPING],
@@ -413,4 +418,3 @@ def model_reconcile(*, stale_after: float = 30.0) -> int:
             send_task(stop_model, model.pk)
         nudged += 1
     return nudged
-

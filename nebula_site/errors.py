@@ -97,7 +97,7 @@ class ServiceUnavailable(NebulaError):
 def error_body(
     message: str,
     *,
-    type: str = "invalid_request_error",  # noqa: A002 - OpenAI's field name
+    type: str = "invalid_request_error",
     param: str | None = None,
     code: str | None = None,
 ) -> dict[str, Any]:
@@ -159,8 +159,9 @@ def drf_exception_handler(exc: Exception, context: Mapping[str, Any]) -> Respons
     if isinstance(exc, drf_exceptions.APIException):
         type_, code = _DRF_STATUS_CODES.get(type(exc), ("invalid_request_error", None))
         headers = {}
-        if isinstance(exc, drf_exceptions.Throttled) and exc.wait is not None:
-            headers["Retry-After"] = str(int(exc.wait) + 1)
+        wait = getattr(exc, "wait", None)
+        if isinstance(exc, drf_exceptions.Throttled) and wait is not None:
+            headers["Retry-After"] = str(int(wait) + 1)
         if isinstance(exc, drf_exceptions.NotAuthenticated | drf_exceptions.AuthenticationFailed):
             headers["WWW-Authenticate"] = 'Bearer realm="nebula"'
         return Response(

@@ -30,10 +30,10 @@ class LuaScript:
         self, client: aioredis.Redis, keys: Sequence[str], args: Sequence[Arg] = ()
     ) -> Any:
         try:
-            return await client.evalsha(self.sha, len(keys), *keys, *args)  # type: ignore[misc]
+            return await client.evalsha(self.sha, len(keys), *keys, *args)
         except NoScriptError:
             await client.script_load(self.source)
-            return await client.evalsha(self.sha, len(keys), *keys, *args)  # type: ignore[misc]
+            return await client.evalsha(self.sha, len(keys), *keys, *args)
 
 
 # Redis' own clock in milliseconds, shared by every host: no skew between web and worker machines.

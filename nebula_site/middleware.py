@@ -53,7 +53,7 @@ class RequestIdMiddleware:
 
 
 class ApiErrorMiddleware:
-    """Last line of defence for /v1: any exception becomes an OpenAI-style error, never a 500 page."""
+    """Last line of defence for /v1: any exception becomes an OpenAI-style error, not a 500 page."""
 
     sync_capable = False
     async_capable = True
@@ -88,10 +88,10 @@ class ApiASGIHandler(ASGIHandler):
     """
 
     def load_middleware(self, is_async: bool = False) -> None:
-        self._view_middleware = []
-        self._template_response_middleware = []
-        self._exception_middleware = []
-        handler = convert_exception_to_response(self._get_response_async)
+        self._view_middleware: list[Any] = []
+        self._template_response_middleware: list[Any] = []
+        self._exception_middleware: list[Any] = []
+        handler = convert_exception_to_response(self._get_response_async)  # type: ignore[attr-defined]
         for middleware in reversed(API_MIDDLEWARE):
             handler = convert_exception_to_response(middleware(handler))
         self._middleware_chain = handler

@@ -35,7 +35,9 @@ def send_task(task: Task[Any, Any], *args: Any) -> None:
         task.apply_async(args=args)
     except REDIS_ERRORS:
         # The reconciler in every worker picks up work that was committed but never sent.
-        logger.warning("could not reach the broker to send %s%r; it will be retried", task.name, args)
+        logger.warning(
+            "could not reach the broker to send %s%r; it will be retried", task.name, args
+        )
 
 
 def enqueue_on_commit(task: Task[Any, Any], *args: Any) -> None:

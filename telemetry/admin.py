@@ -24,7 +24,16 @@ class UsageRecordAdmin(admin.ModelAdmin[UsageRecord]):
         "latency_ms",
         "stream",
     ]
-    list_filter = ["status", "model", "finish_reason", "stream", "client", "worker", "created_at", "api_key"]
+    list_filter = [
+        "status",
+        "model",
+        "finish_reason",
+        "stream",
+        "client",
+        "worker",
+        "created_at",
+        "api_key",
+    ]
     search_fields = ["request_id", "key_prefix", "model"]
     date_hierarchy = "created_at"
     list_select_related = ["api_key"]

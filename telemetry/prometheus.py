@@ -27,8 +27,24 @@ HASH = "nebula:prometheus"
 PREFIX = "nebula:"
 
 # Bucket bounds in seconds, as vLLM's.
-TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0,
-                7.5, 10.0)
+TTFT_BUCKETS = (
+    0.001,
+    0.005,
+    0.01,
+    0.02,
+    0.04,
+    0.06,
+    0.08,
+    0.1,
+    0.25,
+    0.5,
+    0.75,
+    1.0,
+    2.5,
+    5.0,
+    7.5,
+    10.0,
+)
 E2E_BUCKETS = (0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0)
 QUEUE_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 ITL_BUCKETS = tuple(bound / 1000 for bound in ITL_BUCKETS_MS)
@@ -73,8 +89,12 @@ def metrics_observe(events: list[UsageEvent]) -> None:
 
     for event in events:
         model = event["model"] or "-"
-        increments[_field("requests", (("key_prefix", event["key_prefix"] or "-"),
-                                       ("status", str(event["status"]))))] += 1
+        increments[
+            _field(
+                "requests",
+                (("key_prefix", event["key_prefix"] or "-"), ("status", str(event["status"]))),
+            )
+        ] += 1
         if event["status"] >= 400 and event["status"] != 499:
             continue
         increments[_field("prompt_tokens", (("model_name", model),))] += event["prompt_tokens"]
@@ -110,16 +130,17 @@ def metrics_observe(events: list[UsageEvent]) -> None:
     pipe.execute()
 
 
-def _parse(raw: dict[bytes, bytes]) -> dict[str, dict[tuple[tuple[str, str], ...], dict[str, float]]]:
+Parsed = dict[str, dict[tuple[tuple[str, str], ...], dict[str, float]]]
+
+
+def _parse(raw: dict[Any, Any]) -> Parsed:
     parsed: dict[str, dict[tuple[tuple[str, str], ...], dict[str, float]]] = defaultdict(
         lambda: defaultdict(dict)
     )
     for field_b, value_b in raw.items():
         metric, labels_text, suffix = field_b.decode().split("|")
-        labels = tuple(
-            tuple(pair.split("=", 1)) for pair in labels_text.split(",") if pair
-        )
-        parsed[metric][labels][suffix] = float(value_b)  # type: ignore[index]
+        labels = tuple(tuple(pair.split("=", 1)) for pair in labels_text.split(",") if pair)
+        parsed[metric][labels][suffix] = float(value_b)
     return parsed
 
 
@@ -131,26 +152,27 @@ class NebulaCollector(Collector):
 
         parsed = _parse(get_redis().hgetall(HASH))
         for metric, (label_names, documentation) in COUNTERS.items():
-            family = CounterMetricFamily(PREFIX + metric, documentation, labels=label_names)
+            counter = CounterMetricFamily(PREFIX + metric, documentation, labels=label_names)
             for labels, values in sorted(parsed.get(metric, {}).items()):
-                family.add_metric([value for _, value in labels], values.get("", 0.0))
-            yield family
+                counter.add_metric([value for _, value in labels], values.get("", 0.0))
+            yield counter
         for metric, (bounds, documentation) in HISTOGRAMS.items():
-            family = HistogramMetricFamily(PREFIX + metric, documentation, labels=["model_name"])
+            histogram = HistogramMetricFamily(PREFIX + metric, documentation, labels=["model_name"])
             for labels, values in sorted(parsed.get(metric, {}).items()):
                 cumulative, buckets = 0.0, []
                 for index, bound in enumerate((*bounds, float("inf"))):
                     cumulative += values.get(str(index), 0.0)
                     buckets.append(("+Inf" if bound == float("inf") else repr(bound), cumulative))
-                family.add_metric(
+                histogram.add_metric(
                     [value for _, value in labels], buckets, sum_value=values.get("sum", 0.0)
                 )
-            yield family
+            yield histogram
         running = GaugeMetricFamily(
             PREFIX + "num_requests_running", "Sequences holding a GPU slot.", labels=["model_name"]
         )
         waiting = GaugeMetricFamily(
-            PREFIX + "num_requests_waiting", "Sequences waiting for a GPU slot.",
+            PREFIX + "num_requests_waiting",
+            "Sequences waiting for a GPU slot.",
             labels=["model_name"],
         )
         for name in DeployedModel.objects.filter(state=ModelState.READY).values_list(
@@ -162,7 +184,8 @@ class NebulaCollector(Collector):
         yield running
         yield waiting
         yield GaugeMetricFamily(
-            PREFIX + "workers_live", "Workers that reported a heartbeat recently.",
+            PREFIX + "workers_live",
+            "Workers that reported a heartbeat recently.",
             value=len(live_workers()),
         )
 

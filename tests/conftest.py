@@ -26,12 +26,11 @@ def _clean_test_redis() -> None:
 
 
 @pytest.fixture(autouse=True)
-def _fresh_process_caches() -> Iterator[None]:
+def _fresh_process_caches() -> None:
     """Each test starts with empty key and model caches in this process."""
     from nebula_site.epoch import observe_epoch
 
     observe_epoch(f"test-{uuid.uuid4().hex}")
-    yield
 
 
 @pytest.fixture

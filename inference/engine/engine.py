@@ -69,7 +69,7 @@ class Generation:
         req = self.request
         self.choices = []
         for index in range(req.n):
-            rng = random.Random(
+            rng = random.Random(  # noqa: S311 - simulated text, not security
                 seed_for(
                     model=req.model,
                     prompt=req.prompt_text,

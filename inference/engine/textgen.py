@@ -23,13 +23,16 @@ _WORD = re.compile(r"[A-Za-z]+(?:[-'][A-Za-z]+)*|[0-9]+|[^\sA-Za-z0-9]")
 _SENTENCE_END = {".", "!", "?"}
 _START = ("<s>", "<s>")
 _STOPWORDS = frozenset(
-    """a about above after again all am an and any are as at be because been before being below
-    between both but by can could did do does doing down during each few for from further had has
-    have having he her here hers him his how i if in into is it its itself just let me more most my
-    no nor not now of off on once only or other our out over own please same she should so some
-    such tell than that the their them then there these they this those through to too under until
-    up very was we were what when where which while who whom why will with would you your hello hi
-    hey thanks thank write give explain make show know want need like get say""".split()
+    """
+    a about above after again all am an and any are as at be because been before being below
+    between both but by can could did do does doing down during each few for from further
+    had has have having he her here hers him his how i if in into is it its itself just let
+    me more most my no nor not now of off on once only or other our out over own please same
+    she should so some such tell than that the their them then there these they this those
+    through to too under until up very was we were what when where which while who whom why
+    will with would you your hello hi hey thanks thank write give explain make show know
+    want need like get say
+    """.split()  # noqa: SIM905 - a word list reads better as text
 )
 _OPENERS = [
     "Happy to help with {topic}.",
@@ -67,7 +70,9 @@ def seed_for(
 
 
 def topic_of(text: str) -> str:
-    words = [w for w in re.findall(r"[A-Za-z][A-Za-z0-9+#.-]*", text) if w.lower() not in _STOPWORDS]
+    words = [
+        w for w in re.findall(r"[A-Za-z][A-Za-z0-9+#.-]*", text) if w.lower() not in _STOPWORDS
+    ]
     topic = " ".join(words[:3]).strip(".-")
     return topic[:60]
 
@@ -108,9 +113,7 @@ def generate_words(
     The caller decides where to stop; `natural_length` suggests a reply length.
     """
     topic = topic_of(user_text)
-    opener = (
-        rng.choice(_OPENERS).format(topic=topic) if topic else rng.choice(_OPENERS_NO_TOPIC)
-    )
+    opener = rng.choice(_OPENERS).format(topic=topic) if topic else rng.choice(_OPENERS_NO_TOPIC)
     previous: str | None = None
     for word in _WORD.findall(opener):
         yield _join(previous, word)

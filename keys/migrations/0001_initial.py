@@ -2,13 +2,13 @@
 
 import django.db.models.deletion
 import django.utils.timezone
-import keys.models
 from django.conf import settings
 from django.db import migrations, models
 
+import keys.models
+
 
 class Migration(migrations.Migration):
-
     initial = True
 
     dependencies = [
@@ -17,26 +17,61 @@ class Migration(migrations.Migration):
 
     operations = [
         migrations.CreateModel(
-            name='ApiKey',
+            name="ApiKey",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('name', models.CharField(max_length=100)),
-                ('prefix', models.CharField(db_index=True, editable=False, max_length=16)),
-                ('digest', models.CharField(editable=False, max_length=64, unique=True)),
-                ('created_at', models.DateTimeField(default=django.utils.timezone.now, editable=False)),
-                ('last_used_at', models.DateTimeField(blank=True, editable=False, null=True)),
-                ('expires_at', models.DateTimeField(blank=True, null=True)),
-                ('revoked_at', models.DateTimeField(blank=True, editable=False, null=True)),
-                ('rpm_limit', models.PositiveIntegerField(default=keys.models._default_rpm, verbose_name='requests per minute')),
-                ('tpm_limit', models.PositiveIntegerField(blank=True, null=True, verbose_name='tokens per minute')),
-                ('allowed_models', models.JSONField(blank=True, default=list)),
-                ('is_admin', models.BooleanField(default=False, help_text='Admin keys manage keys and models like an operator.')),
-                ('owner', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='api_keys', to=settings.AUTH_USER_MODEL)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("name", models.CharField(max_length=100)),
+                ("prefix", models.CharField(db_index=True, editable=False, max_length=16)),
+                ("digest", models.CharField(editable=False, max_length=64, unique=True)),
+                (
+                    "created_at",
+                    models.DateTimeField(default=django.utils.timezone.now, editable=False),
+                ),
+                ("last_used_at", models.DateTimeField(blank=True, editable=False, null=True)),
+                ("expires_at", models.DateTimeField(blank=True, null=True)),
+                ("revoked_at", models.DateTimeField(blank=True, editable=False, null=True)),
+                (
+                    "rpm_limit",
+                    models.PositiveIntegerField(
+                        default=keys.models._default_rpm, verbose_name="requests per minute"
+                    ),
+                ),
+                (
+                    "tpm_limit",
+                    models.PositiveIntegerField(
+                        blank=True, null=True, verbose_name="tokens per minute"
+                    ),
+                ),
+                ("allowed_models", models.JSONField(blank=True, default=list)),
+                (
+                    "is_admin",
+                    models.BooleanField(
+                        default=False,
+                        help_text="Admin keys manage keys and models like an operator.",
+                    ),
+                ),
+                (
+                    "owner",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="api_keys",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
             ],
             options={
-                'verbose_name': 'API key',
-                'ordering': ['-created_at', '-id'],
-                'constraints': [models.CheckConstraint(condition=models.Q(('rpm_limit__gt', 0)), name='apikey_rpm_positive')],
+                "verbose_name": "API key",
+                "ordering": ["-created_at", "-id"],
+                "constraints": [
+                    models.CheckConstraint(
+                        condition=models.Q(("rpm_limit__gt", 0)), name="apikey_rpm_positive"
+                    )
+                ],
             },
         ),
     ]

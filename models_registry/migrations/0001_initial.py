@@ -7,7 +7,6 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
     dependencies = [
@@ -16,50 +15,120 @@ class Migration(migrations.Migration):
 
     operations = [
         migrations.CreateModel(
-            name='DeployedModel',
+            name="DeployedModel",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('name', models.CharField(max_length=64)),
-                ('parameters', models.BigIntegerField(help_text='Parameter count, e.g. 7000000000.')),
-                ('gpu_type', models.CharField(choices=[('H200-141GB', 'NVIDIA H200 141GB SXM'), ('H100-80GB', 'NVIDIA H100 80GB SXM'), ('A100-80GB', 'NVIDIA A100 80GB SXM'), ('A100-40GB', 'NVIDIA A100 40GB SXM'), ('L40S', 'NVIDIA L40S 48GB'), ('A10', 'NVIDIA A10 24GB'), ('L4', 'NVIDIA L4 24GB')], max_length=32)),
-                ('gpus_per_replica', models.PositiveSmallIntegerField(default=1)),
-                ('replicas', models.PositiveSmallIntegerField(default=1)),
-                ('max_concurrent_seqs', models.PositiveSmallIntegerField(default=8, verbose_name='max concurrent sequences per replica')),
-                ('context_length', models.PositiveIntegerField(default=8192)),
-                ('state', models.CharField(choices=[('pending', 'Pending'), ('loading', 'Loading'), ('ready', 'Ready'), ('stopping', 'Stopping'), ('stopped', 'Stopped'), ('failed', 'Failed')], default='pending', max_length=16)),
-                ('failure_reason', models.TextField(blank=True)),
-                ('created_at', models.DateTimeField(default=django.utils.timezone.now)),
-                ('updated_at', models.DateTimeField(auto_now=True)),
-                ('owner', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='deployments', to=settings.AUTH_USER_MODEL)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("name", models.CharField(max_length=64)),
+                (
+                    "parameters",
+                    models.BigIntegerField(help_text="Parameter count, e.g. 7000000000."),
+                ),
+                (
+                    "gpu_type",
+                    models.CharField(
+                        choices=[
+                            ("H200-141GB", "NVIDIA H200 141GB SXM"),
+                            ("H100-80GB", "NVIDIA H100 80GB SXM"),
+                            ("A100-80GB", "NVIDIA A100 80GB SXM"),
+                            ("A100-40GB", "NVIDIA A100 40GB SXM"),
+                            ("L40S", "NVIDIA L40S 48GB"),
+                            ("A10", "NVIDIA A10 24GB"),
+                            ("L4", "NVIDIA L4 24GB"),
+                        ],
+                        max_length=32,
+                    ),
+                ),
+                ("gpus_per_replica", models.PositiveSmallIntegerField(default=1)),
+                ("replicas", models.PositiveSmallIntegerField(default=1)),
+                (
+                    "max_concurrent_seqs",
+                    models.PositiveSmallIntegerField(
+                        default=8, verbose_name="max concurrent sequences per replica"
+                    ),
+                ),
+                ("context_length", models.PositiveIntegerField(default=8192)),
+                (
+                    "state",
+                    models.CharField(
+                        choices=[
+                            ("pending", "Pending"),
+                            ("loading", "Loading"),
+                            ("ready", "Ready"),
+                            ("stopping", "Stopping"),
+                            ("stopped", "Stopped"),
+                            ("failed", "Failed"),
+                        ],
+                        default="pending",
+                        max_length=16,
+                    ),
+                ),
+                ("failure_reason", models.TextField(blank=True)),
+                ("created_at", models.DateTimeField(default=django.utils.timezone.now)),
+                ("updated_at", models.DateTimeField(auto_now=True)),
+                (
+                    "owner",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="deployments",
+                        to=settings.AUTH_USER_MODEL,
+                    ),
+                ),
             ],
             options={
-                'ordering': ['name', '-created_at'],
+                "ordering": ["name", "-created_at"],
             },
         ),
         migrations.CreateModel(
-            name='ModelEvent',
+            name="ModelEvent",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('from_state', models.CharField(blank=True, max_length=16)),
-                ('to_state', models.CharField(max_length=16)),
-                ('note', models.TextField(blank=True)),
-                ('at', models.DateTimeField(default=django.utils.timezone.now)),
-                ('model', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='events', to='models_registry.deployedmodel')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("from_state", models.CharField(blank=True, max_length=16)),
+                ("to_state", models.CharField(max_length=16)),
+                ("note", models.TextField(blank=True)),
+                ("at", models.DateTimeField(default=django.utils.timezone.now)),
+                (
+                    "model",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE,
+                        related_name="events",
+                        to="models_registry.deployedmodel",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['at', 'id'],
+                "ordering": ["at", "id"],
             },
         ),
         migrations.AddConstraint(
-            model_name='deployedmodel',
-            constraint=models.UniqueConstraint(condition=models.Q(('state__in', ['pending', 'loading', 'ready', 'stopping'])), fields=('name',), name='deployment_live_name_unique'),
+            model_name="deployedmodel",
+            constraint=models.UniqueConstraint(
+                condition=models.Q(("state__in", ["pending", "loading", "ready", "stopping"])),
+                fields=("name",),
+                name="deployment_live_name_unique",
+            ),
         ),
         migrations.AddConstraint(
-            model_name='deployedmodel',
-            constraint=models.CheckConstraint(condition=models.Q(('replicas__gte', 1)), name='replicas_min_1'),
+            model_name="deployedmodel",
+            constraint=models.CheckConstraint(
+                condition=models.Q(("replicas__gte", 1)), name="replicas_min_1"
+            ),
         ),
         migrations.AddConstraint(
-            model_name='deployedmodel',
-            constraint=models.CheckConstraint(condition=models.Q(('gpus_per_replica__gte', 1)), name='gpus_per_replica_min_1'),
+            model_name="deployedmodel",
+            constraint=models.CheckConstraint(
+                condition=models.Q(("gpus_per_replica__gte", 1)), name="gpus_per_replica_min_1"
+            ),
         ),
     ]

@@ -5,39 +5,64 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
     dependencies = [
-        ('keys', '0001_initial'),
+        ("keys", "0001_initial"),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='UsageRecord',
+            name="UsageRecord",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('request_id', models.CharField(max_length=64, unique=True)),
-                ('key_prefix', models.CharField(blank=True, max_length=16)),
-                ('model', models.CharField(blank=True, max_length=256)),
-                ('endpoint', models.CharField(max_length=64)),
-                ('client', models.CharField(default='api', max_length=16)),
-                ('worker', models.CharField(blank=True, max_length=128)),
-                ('status', models.PositiveSmallIntegerField()),
-                ('finish_reason', models.CharField(blank=True, max_length=16)),
-                ('error_code', models.CharField(blank=True, max_length=64)),
-                ('stream', models.BooleanField(default=False)),
-                ('prompt_tokens', models.PositiveIntegerField(default=0)),
-                ('completion_tokens', models.PositiveIntegerField(default=0)),
-                ('queue_ms', models.FloatField(blank=True, null=True)),
-                ('ttft_ms', models.FloatField(blank=True, null=True, verbose_name='time to first token (ms)')),
-                ('latency_ms', models.FloatField(blank=True, null=True)),
-                ('created_at', models.DateTimeField(db_index=True)),
-                ('api_key', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='usage_records', to='keys.apikey')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                ("request_id", models.CharField(max_length=64, unique=True)),
+                ("key_prefix", models.CharField(blank=True, max_length=16)),
+                ("model", models.CharField(blank=True, max_length=256)),
+                ("endpoint", models.CharField(max_length=64)),
+                ("client", models.CharField(default="api", max_length=16)),
+                ("worker", models.CharField(blank=True, max_length=128)),
+                ("status", models.PositiveSmallIntegerField()),
+                ("finish_reason", models.CharField(blank=True, max_length=16)),
+                ("error_code", models.CharField(blank=True, max_length=64)),
+                ("stream", models.BooleanField(default=False)),
+                ("prompt_tokens", models.PositiveIntegerField(default=0)),
+                ("completion_tokens", models.PositiveIntegerField(default=0)),
+                ("queue_ms", models.FloatField(blank=True, null=True)),
+                (
+                    "ttft_ms",
+                    models.FloatField(
+                        blank=True, null=True, verbose_name="time to first token (ms)"
+                    ),
+                ),
+                ("latency_ms", models.FloatField(blank=True, null=True)),
+                ("created_at", models.DateTimeField(db_index=True)),
+                (
+                    "api_key",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="usage_records",
+                        to="keys.apikey",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['-created_at'],
-                'indexes': [models.Index(fields=['api_key', 'created_at'], name='telemetry_u_api_key_f00c3d_idx'), models.Index(fields=['model', 'created_at'], name='telemetry_u_model_cfb82d_idx')],
+                "ordering": ["-created_at"],
+                "indexes": [
+                    models.Index(
+                        fields=["api_key", "created_at"], name="telemetry_u_api_key_f00c3d_idx"
+                    ),
+                    models.Index(
+                        fields=["model", "created_at"], name="telemetry_u_model_cfb82d_idx"
+                    ),
+                ],
             },
         ),
     ]

@@ -83,7 +83,7 @@ def test_stop_sequences_end_the_reply_before_the_stop_text(stop):
     assert generation.finish_reasons() == ["stop"]
     assert all(s not in text for s in stops)
     assert full.startswith(text)
-    assert any(full[len(text):].startswith(s) for s in stops)
+    assert any(full[len(text) :].startswith(s) for s in stops)
 
 
 def test_streamed_deltas_never_contain_part_of_a_stop_sequence():

@@ -1,4 +1,4 @@
-"""The official `openai` client against live daphne + Celery workers: only base_url and key change."""
+"""The official `openai` client against live daphne + Celery workers: base_url and key only.."""
 
 import asyncio
 import json
@@ -26,7 +26,7 @@ def sse(response):
     events = []
     for line in response.iter_lines():
         if line.startswith("data: "):
-            data = line[len("data: "):]
+            data = line[len("data: ") :]
             events.append(data if data == "[DONE]" else json.loads(data))
         else:
             assert line == "" or line.startswith(":"), line  # comments are the only other lines
@@ -53,12 +53,19 @@ def test_a_completion_has_content_usage_and_the_published_shape(live, setup, ope
 
 def test_a_stream_follows_openais_chunk_rules(live, setup):
     body = {
-        "model": "nebula-7b", "messages": HELLO, "stream": True, "n": 2, "max_tokens": 30,
+        "model": "nebula-7b",
+        "messages": HELLO,
+        "stream": True,
+        "n": 2,
+        "max_tokens": 30,
         "stream_options": {"include_usage": True},
     }
     with httpx.stream(
-        "POST", live.url + "/v1/chat/completions", json=body,
-        headers={"Authorization": f"Bearer {setup}"}, timeout=30,
+        "POST",
+        live.url + "/v1/chat/completions",
+        json=body,
+        headers={"Authorization": f"Bearer {setup}"},
+        timeout=30,
     ) as response:
         assert response.status_code == 200
         assert response.headers["content-type"].startswith("text/event-stream")
@@ -144,13 +151,22 @@ def test_every_role_and_content_part_form_is_accepted(live, setup, openai_client
         {"role": "system", "content": "Be brief."},
         {"role": "developer", "content": [{"type": "text", "text": "Answer in English."}]},
         {"role": "user", "content": [{"type": "text", "text": "What is a GPU?"}], "name": "al"},
-        {"role": "assistant", "content": None, "tool_calls": [
-            {"id": "call_1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {"id": "call_1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+            ],
+        },
         {"role": "tool", "content": "42", "tool_call_id": "call_1"},
         {"role": "user", "content": "Thanks!"},
     ]
     completion = openai_client(setup).chat.completions.create(
-        model="nebula-7b", messages=messages, temperature=0.2, top_p=0.9, user="user-1",
+        model="nebula-7b",
+        messages=messages,
+        temperature=0.2,
+        top_p=0.9,
+        user="user-1",
         extra_body={"unknown_field": {"nested": True}, "logit_bias": {"1": 2}},
     )
     assert completion.choices[0].message.content
@@ -189,8 +205,9 @@ def test_errors_map_to_the_clients_exception_classes(live, alice, make_key, read
         create(model="nebula-7b", messages=[])
     assert _error_body(empty.value)["param"] == "messages"
     with pytest.raises(openai.AuthenticationError):
-        openai.OpenAI(base_url=live.url + "/v1", api_key="nb_wrong", max_retries=0
-                      ).chat.completions.create(model="nebula-7b", messages=HELLO)
+        openai.OpenAI(
+            base_url=live.url + "/v1", api_key="nb_wrong", max_retries=0
+        ).chat.completions.create(model="nebula-7b", messages=HELLO)
     with pytest.raises(openai.PermissionDeniedError) as denied:
         create(model="nebula-13b", messages=HELLO)
     assert _error_body(denied.value)["code"] == "model_not_allowed"
@@ -205,12 +222,16 @@ def test_errors_map_to_the_clients_exception_classes(live, alice, make_key, read
         ({"model": "nebula-7b", "messages": HELLO, "top_p": 1.5}, "top_p"),
         ({"model": "nebula-7b", "messages": HELLO, "n": 0}, "n"),
         ({"model": "nebula-7b", "messages": HELLO, "stop": ["a", "b", "c", "d", "e"]}, "stop"),
-        ({"model": "nebula-7b", "messages": HELLO, "stream_options": {"include_usage": True}},
-         "stream_options"),
+        (
+            {"model": "nebula-7b", "messages": HELLO, "stream_options": {"include_usage": True}},
+            "stream_options",
+        ),
         ({"model": "nebula-7b"}, "messages"),
         ({"messages": HELLO}, "model"),
-        ({"model": "nebula-7b", "messages": [{"role": "wizard", "content": "x"}]},
-         "messages[0].role"),
+        (
+            {"model": "nebula-7b", "messages": [{"role": "wizard", "content": "x"}]},
+            "messages[0].role",
+        ),
         ({"model": "nebula-7b", "messages": HELLO, "max_tokens": 100_000}, "messages"),
     ],
 )
@@ -227,7 +248,8 @@ def test_invalid_bodies_get_400_naming_the_parameter(live, setup, body, param):
 @pytest.mark.parametrize("raw", [b"not json", b"[1,2]", b"", b"\xff\xfe\x00"])
 def test_bodies_that_are_not_json_objects_get_400(live, setup, raw):
     response = httpx.post(
-        live.url + "/v1/chat/completions", content=raw,
+        live.url + "/v1/chat/completions",
+        content=raw,
         headers={"Authorization": f"Bearer {setup}", "Content-Type": "application/json"},
     )
     assert response.status_code == 400
@@ -262,8 +284,12 @@ def test_a_full_fleet_answers_503_after_the_queue_timeout(live, alice, make_key,
     client = openai.OpenAI(base_url=live.url + "/v1", api_key=secret, max_retries=0, timeout=60)
     hog = threading.Thread(
         target=client.chat.completions.create,
-        kwargs={"model": "slow-one", "messages": HELLO, "max_tokens": 1000,
-                "extra_body": {"ignore_eos": True}},
+        kwargs={
+            "model": "slow-one",
+            "messages": HELLO,
+            "max_tokens": 1000,
+            "extra_body": {"ignore_eos": True},
+        },
     )
     hog.start()
     time.sleep(0.5)
@@ -283,10 +309,16 @@ def test_a_client_disconnect_frees_the_gpu_slot(live, alice, make_key, ready_mod
     ready_model("slow-one", max_concurrent_seqs=1, **SLOW)
     _, secret = make_key(alice, rpm_limit=100)
     headers = {"Authorization": f"Bearer {secret}"}
-    body = {"model": "slow-one", "messages": HELLO, "stream": True, "max_tokens": 2000,
-            "ignore_eos": True}
-    with httpx.stream("POST", live.url + "/v1/chat/completions", json=body, headers=headers,
-                      timeout=30) as response:
+    body = {
+        "model": "slow-one",
+        "messages": HELLO,
+        "stream": True,
+        "max_tokens": 2000,
+        "ignore_eos": True,
+    }
+    with httpx.stream(
+        "POST", live.url + "/v1/chat/completions", json=body, headers=headers, timeout=30
+    ) as response:
         request_id = response.headers["x-request-id"]
         lines = response.iter_lines()
         received = [next(lines) for _ in range(6)]

@@ -115,8 +115,9 @@ def test_with_capacity_two_a_third_concurrent_job_waits(settings, worker, listen
     settings.NEBULA_SIM_TIME_SCALE = 0.5
     model = "capacity-two"
     jobs = [
-        make_job(reply_to=listener.channel, model=model, params_billions=20, gpu="L4", gpus=2,
-                 capacity=2)
+        make_job(
+            reply_to=listener.channel, model=model, params_billions=20, gpu="L4", gpus=2, capacity=2
+        )
         for _ in range(3)
     ]
     threads = _run_concurrently(jobs, worker)
@@ -138,8 +139,15 @@ def test_raising_capacity_lets_a_waiting_job_in(settings, worker, listener, redi
     model = "capacity-one"
     redis_client.hset("nebula:capacity", model, 1)
     jobs = [
-        make_job(reply_to=listener.channel, model=model, params_billions=20, gpu="L4", gpus=2,
-                 capacity=1, max_tokens=12)
+        make_job(
+            reply_to=listener.channel,
+            model=model,
+            params_billions=20,
+            gpu="L4",
+            gpus=2,
+            capacity=1,
+            max_tokens=12,
+        )
         for _ in range(2)
     ]
     threads = _run_concurrently(jobs, worker)

@@ -57,16 +57,19 @@ def test_usage_records_are_read_only_and_filterable(admin_client, alice, make_ke
 
     key, _ = make_key(alice)
     UsageRecord.objects.create(
-        request_id="req_admin1", api_key=key, key_prefix=key.prefix, model="nebula-7b",
-        endpoint="/v1/chat/completions", status=200, created_at=timezone.now(),
+        request_id="req_admin1",
+        api_key=key,
+        key_prefix=key.prefix,
+        model="nebula-7b",
+        endpoint="/v1/chat/completions",
+        status=200,
+        created_at=timezone.now(),
     )
     listing = admin_client.get("/admin/telemetry/usagerecord/?status__exact=200")
     assert "req_admin1" in listing.content.decode()
     assert admin_client.get("/admin/telemetry/usagerecord/add/").status_code == 403
     record = UsageRecord.objects.get()
-    change = admin_client.post(
-        f"/admin/telemetry/usagerecord/{record.pk}/change/", {"status": 500}
-    )
+    change = admin_client.post(f"/admin/telemetry/usagerecord/{record.pk}/change/", {"status": 500})
     assert change.status_code == 403
     record.refresh_from_db()
     assert record.status == 200

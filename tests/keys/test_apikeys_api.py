@@ -80,7 +80,7 @@ def test_an_admin_key_creates_keys_for_users(client, operator, alice, make_key):
 
 
 def test_a_user_cannot_list_see_or_revoke_another_users_keys(client, alice, bob, make_key):
-    alices_key, alices_secret = make_key(alice, name="alice's")
+    alices_key, _ = make_key(alice, name="alice's")
     make_key(bob, name="bob's")
     client.force_login(bob)
 
@@ -88,9 +88,12 @@ def test_a_user_cannot_list_see_or_revoke_another_users_keys(client, alice, bob,
     assert [key["name"] for key in listing] == ["bob's"]
     assert client.get(f"/apikeys/{alices_key.pk}").status_code == 404
     assert client.delete(f"/apikeys/{alices_key.pk}").status_code == 404
-    assert client.patch(
-        f"/apikeys/{alices_key.pk}", data={"name": "x"}, content_type="application/json"
-    ).status_code == 404
+    assert (
+        client.patch(
+            f"/apikeys/{alices_key.pk}", data={"name": "x"}, content_type="application/json"
+        ).status_code
+        == 404
+    )
     alices_key.refresh_from_db()
     assert alices_key.state == "active"
     assert alices_key.name == "alice's"

@@ -12,8 +12,18 @@ pytestmark = pytest.mark.django_db
 def test_createapikey_prints_the_secret_as_its_last_line(alice):
     out = StringIO()
     call_command(
-        "createapikey", "--user", "alice", "--name", "ci", "--rpm", "60", "--tpm", "5000",
-        "--model", "nebula-7b", stdout=out,
+        "createapikey",
+        "--user",
+        "alice",
+        "--name",
+        "ci",
+        "--rpm",
+        "60",
+        "--tpm",
+        "5000",
+        "--model",
+        "nebula-7b",
+        stdout=out,
     )
     secret = out.getvalue().strip().splitlines()[-1]
     assert is_well_formed(secret)
@@ -25,7 +35,9 @@ def test_createapikey_prints_the_secret_as_its_last_line(alice):
 
 def test_createapikey_makes_admin_keys(operator):
     out = StringIO()
-    call_command("createapikey", "--user", operator.username, "--name", "ops", "--admin", stdout=out)
+    call_command(
+        "createapikey", "--user", operator.username, "--name", "ops", "--admin", stdout=out
+    )
     assert ApiKey.objects.get().is_admin
 
 

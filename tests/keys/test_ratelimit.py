@@ -66,13 +66,27 @@ def test_a_request_passes_again_once_the_retry_time_has_passed(key_id, redis_cli
 
 
 def test_token_limit_and_request_limit_are_charged_together_or_not_at_all(key_id, redis_client):
-    ok = _admit_many(1, key_id=key_id, rpm_limit=10, tpm_limit=100, token_cost=60, message=b"x",
-                     queue=f"test-queue-{key_id}")[0]
+    ok = _admit_many(
+        1,
+        key_id=key_id,
+        rpm_limit=10,
+        tpm_limit=100,
+        token_cost=60,
+        message=b"x",
+        queue=f"test-queue-{key_id}",
+    )[0]
     assert ok.status == "ok"
     assert ok.tpm_remaining == 40
     assert ok.headers()["x-ratelimit-remaining-tokens"] == "40"
-    denied = _admit_many(1, key_id=key_id, rpm_limit=10, tpm_limit=100, token_cost=60,
-                         message=b"y", queue=f"test-queue-{key_id}")[0]
+    denied = _admit_many(
+        1,
+        key_id=key_id,
+        rpm_limit=10,
+        tpm_limit=100,
+        token_cost=60,
+        message=b"y",
+        queue=f"test-queue-{key_id}",
+    )[0]
     assert denied.status == "limited"
     # The refused request did not use up a request, and nothing was enqueued for it.
     assert denied.rpm_remaining == 9
@@ -80,11 +94,25 @@ def test_token_limit_and_request_limit_are_charged_together_or_not_at_all(key_id
 
 
 def test_unused_reserved_tokens_are_given_back(key_id, redis_client):
-    _admit_many(1, key_id=key_id, rpm_limit=10, tpm_limit=100, token_cost=90, message=b"x",
-                queue=f"test-queue-{key_id}")
+    _admit_many(
+        1,
+        key_id=key_id,
+        rpm_limit=10,
+        tpm_limit=100,
+        token_cost=90,
+        message=b"x",
+        queue=f"test-queue-{key_id}",
+    )
     tpm_settle(redis_client, key_id=key_id, tpm_limit=100, reserved=90, used=20)
-    again = _admit_many(1, key_id=key_id, rpm_limit=10, tpm_limit=100, token_cost=70,
-                        message=b"x", queue=f"test-queue-{key_id}")[0]
+    again = _admit_many(
+        1,
+        key_id=key_id,
+        rpm_limit=10,
+        tpm_limit=100,
+        token_cost=70,
+        message=b"x",
+        queue=f"test-queue-{key_id}",
+    )[0]
     assert again.status == "ok"
 
 
@@ -100,8 +128,13 @@ def test_a_stale_epoch_is_refused_without_charging(key_id):
 def test_no_live_worker_refuses_without_charging_or_enqueueing(key_id, redis_client):
     queue = f"test-queue-{key_id}"
     result = _admit_many(
-        1, key_id=key_id, rpm_limit=1, worker_ttl_ms=2000, workers_key=f"no-workers-{key_id}",
-        queue=queue, message=b"job",
+        1,
+        key_id=key_id,
+        rpm_limit=1,
+        worker_ttl_ms=2000,
+        workers_key=f"no-workers-{key_id}",
+        queue=queue,
+        message=b"job",
     )[0]
     assert result.status == "no_workers"
     assert redis_client.llen(queue) == 0
@@ -109,8 +142,8 @@ def test_no_live_worker_refuses_without_charging_or_enqueueing(key_id, redis_cli
 
 
 @pytest.mark.parametrize(
-    ("ms", "text"), [(0, "0s"), (120, "120ms"), (6000, "6s"), (1500, "1.5s"), (60000, "1m0s"),
-                     (90500, "1m30.5s")],
+    ("ms", "text"),
+    [(0, "0s"), (120, "120ms"), (6000, "6s"), (1500, "1.5s"), (60000, "1m0s"), (90500, "1m30.5s")],
 )
 def test_durations_use_openais_format(ms, text):
     assert format_duration(ms) == text

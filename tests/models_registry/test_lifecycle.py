@@ -20,7 +20,9 @@ def states(model):
     return [(e.from_state, e.to_state) for e in ModelEvent.objects.filter(model=model)]
 
 
-def test_a_7b_model_on_an_h100_reaches_ready_through_loading(operator, django_capture_on_commit_callbacks):
+def test_a_7b_model_on_an_h100_reaches_ready_through_loading(
+    operator, django_capture_on_commit_callbacks
+):
     with django_capture_on_commit_callbacks(execute=True):
         model = deploy(operator)
     model.refresh_from_db()
@@ -82,7 +84,9 @@ def test_loading_waits_simulated_time_scaled(operator, settings, monkeypatch, sc
         assert clock.slept == []
 
 
-def test_undeploy_goes_through_stopping_to_stopped(operator, ready_model, django_capture_on_commit_callbacks):
+def test_undeploy_goes_through_stopping_to_stopped(
+    operator, ready_model, django_capture_on_commit_callbacks
+):
     model = ready_model()
     with django_capture_on_commit_callbacks(execute=True):
         services.model_undeploy(model=model)
@@ -100,7 +104,9 @@ def test_undeploy_during_loading_stops_the_load(operator):
     assert model.state == "stopping"
 
 
-def test_a_stopped_name_can_be_deployed_again(operator, ready_model, django_capture_on_commit_callbacks):
+def test_a_stopped_name_can_be_deployed_again(
+    operator, ready_model, django_capture_on_commit_callbacks
+):
     with django_capture_on_commit_callbacks(execute=True):
         services.model_undeploy(model=ready_model())
     with django_capture_on_commit_callbacks(execute=True):
@@ -116,7 +122,9 @@ def test_a_live_name_cannot_be_deployed_twice(operator):
         deploy(operator)
 
 
-def test_scaling_changes_capacity(operator, ready_model, redis_client, django_capture_on_commit_callbacks):
+def test_scaling_changes_capacity(
+    operator, ready_model, redis_client, django_capture_on_commit_callbacks
+):
     model = ready_model(max_concurrent_seqs=4)
     assert model.capacity == 4
     with django_capture_on_commit_callbacks(execute=True):
@@ -158,14 +166,18 @@ def test_illegal_transitions_are_ignored(operator, ready_model):
     assert model.state == "ready"
 
 
-def test_the_reconciler_restarts_a_load_whose_worker_died(operator, django_capture_on_commit_callbacks):
+def test_the_reconciler_restarts_a_load_whose_worker_died(
+    operator, django_capture_on_commit_callbacks
+):
     from datetime import timedelta
 
     from django.utils import timezone
 
     model = deploy(operator)
     services.model_transition(model_id=model.pk, to_state="loading", expect={"pending"})
-    DeployedModel.objects.filter(pk=model.pk).update(updated_at=timezone.now() - timedelta(minutes=5))
+    DeployedModel.objects.filter(pk=model.pk).update(
+        updated_at=timezone.now() - timedelta(minutes=5)
+    )
     assert services.model_reconcile() == 1
     model.refresh_from_db()
     assert model.state == "ready"

@@ -90,10 +90,14 @@ def test_operators_see_the_whole_fleet_with_history(client, operator, ready_mode
     assert detail["gpu_type"] == "H100-80GB" and detail["history"]
 
 
-def test_operators_scale_and_undeploy(client, operator, ready_model, django_capture_on_commit_callbacks):
+def test_operators_scale_and_undeploy(
+    client, operator, ready_model, django_capture_on_commit_callbacks
+):
     ready_model("nebula-7b", max_concurrent_seqs=4)
     client.force_login(operator)
-    scaled = client.patch("/models/nebula-7b", data={"replicas": 3}, content_type="application/json")
+    scaled = client.patch(
+        "/models/nebula-7b", data={"replicas": 3}, content_type="application/json"
+    )
     assert scaled.status_code == 200
     assert scaled.json()["capacity"] == 12
     bad = client.patch("/models/nebula-7b", data={"replicas": -1}, content_type="application/json")
@@ -108,9 +112,12 @@ def test_operators_scale_and_undeploy(client, operator, ready_model, django_capt
 def test_users_cannot_scale_or_undeploy(client, alice, ready_model):
     ready_model()
     client.force_login(alice)
-    assert client.patch(
-        "/models/nebula-7b", data={"replicas": 3}, content_type="application/json"
-    ).status_code == 403
+    assert (
+        client.patch(
+            "/models/nebula-7b", data={"replicas": 3}, content_type="application/json"
+        ).status_code
+        == 403
+    )
     assert client.delete("/models/nebula-7b").status_code == 403
     assert DeployedModel.objects.get().state == "ready"
 

@@ -101,6 +101,6 @@ class ReplyListener:
 def usage_events(request_id: str) -> list[dict[str, Any]]:
     from telemetry.ledger import STREAM
 
-    entries = get_redis().xrange(STREAM)
+    entries: Any = get_redis().xrange(STREAM)
     events = [orjson.loads(fields[b"d"]) for _, fields in entries]
     return [event for event in events if event["request_id"] == request_id]

@@ -78,8 +78,16 @@ class Stack:
         port = port or free_port()
         proc = _spawn(
             f"web-{port}",
-            [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port),
-             "nebula_site.asgi:application"],
+            [
+                sys.executable,
+                "-m",
+                "daphne",
+                "-b",
+                "127.0.0.1",
+                "-p",
+                str(port),
+                "nebula_site.asgi:application",
+            ],
             self.env,
         )
         self.webs.append(proc)
@@ -91,9 +99,25 @@ class Stack:
         index = len(self.workers)
         proc = _spawn(
             f"worker-{index}-{time.monotonic_ns()}",
-            [sys.executable, "-m", "celery", "-A", "nebula_site", "worker", "--pool", "threads",
-             "--concurrency", str(concurrency), "--loglevel", "INFO", "--without-gossip",
-             "--without-mingle", "--without-heartbeat", "-n", f"w{index}-{os.getpid()}@%h"],
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "nebula_site",
+                "worker",
+                "--pool",
+                "threads",
+                "--concurrency",
+                str(concurrency),
+                "--loglevel",
+                "INFO",
+                "--without-gossip",
+                "--without-mingle",
+                "--without-heartbeat",
+                "-n",
+                f"w{index}-{os.getpid()}@%h",
+            ],
             {**self.env, **(extra_env or {})},
         )
         self.workers.append(proc)

@@ -15,7 +15,9 @@ def test_health_is_ok_with_database_redis_and_workers(live):
     assert body["uptime_seconds"] >= 0
     assert body["version"]
     assert {name for name, check in body["checks"].items() if check["ok"]} == {
-        "database", "redis", "workers"
+        "database",
+        "redis",
+        "workers",
     }
     assert body["checks"]["workers"]["live"] >= 2
     assert "workers" not in body["checks"]["workers"]  # per-worker detail is for operators

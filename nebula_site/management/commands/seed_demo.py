@@ -48,4 +48,4 @@ class Command(BaseCommand):
         if secret:
             out(f"Demo API key (shown once, save it now): {secret}")
         else:
-            out("Demo API key:    created on first run (see its output); manage keys on the dashboard")
+            out("Demo API key:    shown on the first run only; manage keys on the dashboard")
