@@ -183,10 +183,12 @@ def current_worker() -> WorkerRuntime:
     return _runtime
 
 
-def start_worker_runtime(**options: Any) -> WorkerRuntime:
+def start_worker_runtime() -> WorkerRuntime:
     runtime = current_worker()
     if not runtime._threads:
-        runtime.start(**options)
+        runtime.start(
+            ledger=settings.NEBULA_WORKER_LEDGER, reconcile=settings.NEBULA_WORKER_RECONCILER
+        )
     return runtime
 
 

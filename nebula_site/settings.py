@@ -64,10 +64,16 @@ NEBULA_HEARTBEAT_INTERVAL = env.float("NEBULA_HEARTBEAT_INTERVAL", 1.0, validate
 NEBULA_CACHE_TTL = env.float("NEBULA_CACHE_TTL", 60.0, validate=lambda v: v > 0)
 # Threads that run simulated inference in one worker process (or in-process when standalone).
 NEBULA_WORKER_CONCURRENCY = env.int("NEBULA_WORKER_CONCURRENCY", 64, validate=lambda v: v > 0)
+# Background duties of each worker process: moving usage records from Redis into the database,
+# and resending deployment work that got lost. Either can run elsewhere instead.
+NEBULA_WORKER_LEDGER = env.bool("NEBULA_WORKER_LEDGER", True)
+NEBULA_WORKER_RECONCILER = env.bool("NEBULA_WORKER_RECONCILER", True)
 # Request size limits for /v1/chat/completions.
 NEBULA_MAX_BODY_BYTES = env.int("NEBULA_MAX_BODY_BYTES", 1_048_576, validate=lambda v: v > 0)
 NEBULA_MAX_MESSAGES = env.int("NEBULA_MAX_MESSAGES", 256, validate=lambda v: v > 0)
 NEBULA_MAX_MESSAGE_CHARS = env.int("NEBULA_MAX_MESSAGE_CHARS", 200_000, validate=lambda v: v > 0)
+# The benchmark's trivial baseline view (/bench/baseline); off unless `make bench` turns it on.
+NEBULA_BENCH_BASELINE = env.bool("NEBULA_BENCH_BASELINE", False)
 # Where `bin/run` seeds the demo operator and user.
 NEBULA_OPERATOR_USERNAME = env.str("NEBULA_OPERATOR_USERNAME", "operator")
 NEBULA_OPERATOR_PASSWORD = env.str("NEBULA_OPERATOR_PASSWORD", "")
@@ -303,6 +309,3 @@ LOGGING = {
         "axes": {"level": "WARNING"},
     },
 }
-
-# The benchmark's trivial baseline view (/bench/baseline); off unless `make bench` turns it on.
-NEBULA_BENCH_BASELINE = env.bool("NEBULA_BENCH_BASELINE", False)

@@ -291,9 +291,13 @@ def ledger_flush(timeout: float = 10.0) -> None:
     consumer = LedgerConsumer(f"flush-{time.monotonic_ns()}")
     consumer.ensure_group()
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if consumer.drain_once() == 0:
-            pending = consumer.client.xpending(STREAM, GROUP)
-            if not pending or not pending.get("pending"):
-                return
-            time.sleep(0.05)
+    try:
+        while time.monotonic() < deadline:
+            if consumer.drain_once() == 0:
+                pending = consumer.client.xpending(STREAM, GROUP)
+                if not pending or not pending.get("pending"):
+                    return
+                time.sleep(0.05)
+    finally:
+        consumer.client.xgroup_delconsumer(STREAM, GROUP, consumer.name)
+        consumer.client.close()

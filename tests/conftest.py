@@ -103,6 +103,10 @@ def live_env(extra: dict[str, str] | None = None) -> dict[str, str]:
         "NEBULA_HEARTBEAT_INTERVAL": "0.5",
         "NEBULA_QUEUE_TIMEOUT": "5",
         "NEBULA_WORKER_CONCURRENCY": "64",
+        # The test process moves usage records into the database itself (ledger_flush), so no
+        # server writes while pytest-django empties the tables between tests.
+        "NEBULA_WORKER_LEDGER": "false",
+        "NEBULA_WORKER_RECONCILER": "false",
         "PYTHONUNBUFFERED": "1",
         **(extra or {}),
     }
@@ -129,9 +133,12 @@ def stack(django_db_setup: Any, django_db_blocker: Any) -> Iterator[Stack]:
 def live(stack: Stack, transactional_db: Any) -> Iterator[Stack]:
     """The live stack, for a test whose data must be committed (the servers read it)."""
     yield stack
-    # The test's rows are about to be flushed: make every server drop its caches.
     from nebula_site.epoch import epoch_bump
+    from telemetry.ledger import ledger_flush
 
+    # Settle what the test left in flight before its rows are flushed, then make every server
+    # drop its caches of them.
+    ledger_flush()
     epoch_bump()
 
 
