@@ -83,11 +83,16 @@ class RequestContext:
     started: float = field(default_factory=time.time)
     key: KeyInfo | None = None
     model: str = ""
-    prompt_tokens: int = 0
 
     async def record(
-        self, *, status: int, error_code: str = "", finish_reason: str = "", **extra: Any
+        self,
+        *,
+        status: int,
+        error_code: str = "",
+        finish_reason: str = "",
+        **extra: Any,
     ) -> None:
+        """Write the record of a request no model served (so no tokens are billed)."""
         await usage_record(
             usage_event(
                 request_id=self.request_id,
@@ -100,7 +105,6 @@ class RequestContext:
                 error_code=error_code,
                 finish_reason=finish_reason,
                 stream=self.stream,
-                prompt_tokens=self.prompt_tokens,
                 latency_ms=(time.time() - self.started) * 1000,
                 created_at=self.started,
                 **extra,
@@ -294,7 +298,6 @@ async def completion_submit(
     ctx.model = request.model
     ctx.stream = bool(request.stream)
     prompt, user_text, prompt_tokens = _check_size(request)
-    ctx.prompt_tokens = prompt_tokens
     hub = reply_hub()
     await hub.ready()
     n = request.n or 1

@@ -1,0 +1,200 @@
+"""Usage reports: what /metrics, the dashboard and operators read, computed from usage records."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from django.db.models import Count, Q, QuerySet, Sum
+from django.db.models.functions import TruncMinute
+from django.utils import timezone
+
+from keys.access import Actor, keys_visible_to
+from keys.models import ApiKey
+from nebula_site.errors import InvalidRequest
+from telemetry.models import UsageRecord
+
+MAX_RANGE = timedelta(days=31)
+SERIES_WINDOW = timedelta(hours=1)
+
+
+@dataclass(frozen=True)
+class TimeRange:
+    since: datetime
+    until: datetime
+
+    @classmethod
+    def parse(cls, since: str | None, until: str | None, window: str | None = None) -> TimeRange:
+        """`since`/`until` as ISO 8601 or Unix seconds; `window` like `15m`, `24h`, `7d`."""
+        end = _parse_time(until, "until") if until else timezone.now()
+        start = _parse_time(since, "since") if since else end - _parse_window(window or "24h")
+        if start >= end:
+            raise InvalidRequest("'since' must be before 'until'.", param="since")
+        if end - start > MAX_RANGE:
+            raise InvalidRequest("The time range can span at most 31 days.", param="since")
+        return cls(since=start, until=end)
+
+
+def _parse_time(text: str, param: str) -> datetime:
+    try:
+        if text.replace(".", "", 1).isdigit():
+            return datetime.fromtimestamp(float(text), tz=UTC)
+        parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except (ValueError, OverflowError, OSError):
+        raise InvalidRequest(
+            f"'{param}' must be an ISO 8601 time or Unix seconds.", param=param
+        ) from None
+    return parsed if parsed.tzinfo else timezone.make_aware(parsed, UTC)
+
+
+def _parse_window(text: str) -> timedelta:
+    units = {"m": "minutes", "h": "hours", "d": "days"}
+    number, unit = text[:-1], text[-1:]
+    if unit not in units or not number.isdigit() or int(number) <= 0:
+        raise InvalidRequest("'window' looks like 15m, 24h or 7d.", param="window")
+    return timedelta(**{units[unit]: int(number)})
+
+
+def percentiles(
+    records: QuerySet[UsageRecord], field: str, points: tuple[float, ...]
+) -> dict[str, float | None]:
+    """Nearest-rank percentiles computed by the database: one sorted row per point."""
+    values = records.exclude(**{f"{field}__isnull": True})
+    count = values.count()
+    result: dict[str, float | None] = {}
+    for point in points:
+        label = f"p{round(point * 100)}"
+        if not count:
+            result[label] = None
+            continue
+        rank = max(int(-(-point * count // 1)) - 1, 0)  # ceil(point·count) - 1
+        value = values.order_by(field).values_list(field, flat=True)[rank]
+        result[label] = round(float(value), 2)
+    return result
+
+
+def _aggregate(records: QuerySet[UsageRecord]) -> dict[str, Any]:
+    totals = records.aggregate(
+        requests=Count("id"),
+        successes=Count("id", filter=Q(status__lt=400)),
+        rate_limited=Count("id", filter=Q(status=429)),
+        cancelled=Count("id", filter=Q(finish_reason="cancelled")),
+        prompt_tokens=Sum("prompt_tokens"),
+        completion_tokens=Sum("completion_tokens"),
+    )
+    totals["prompt_tokens"] = totals["prompt_tokens"] or 0
+    totals["completion_tokens"] = totals["completion_tokens"] or 0
+    totals["total_tokens"] = totals["prompt_tokens"] + totals["completion_tokens"]
+    errors = records.filter(status__gte=400).values("status").annotate(n=Count("id"))
+    totals["errors"] = {str(row["status"]): row["n"] for row in errors.order_by("status")}
+    completions = records.filter(endpoint="/v1/chat/completions", status=200)
+    totals["latency_ms"] = percentiles(completions, "latency_ms", (0.5, 0.95))
+    totals["ttft_ms"] = percentiles(completions, "ttft_ms", (0.5, 0.95))
+    return totals
+
+
+def _by_model(records: QuerySet[UsageRecord]) -> list[dict[str, Any]]:
+    rows = (
+        records.exclude(model="")
+        .values("model")
+        .annotate(
+            requests=Count("id"),
+            successes=Count("id", filter=Q(status__lt=400)),
+            prompt_tokens=Sum("prompt_tokens"),
+            completion_tokens=Sum("completion_tokens"),
+        )
+        .order_by("model")
+    )
+    return [
+        {
+            **row,
+            "prompt_tokens": row["prompt_tokens"] or 0,
+            "completion_tokens": row["completion_tokens"] or 0,
+        }
+        for row in rows
+    ]
+
+
+def _series(records: QuerySet[UsageRecord], until: datetime) -> list[dict[str, Any]]:
+    """One point per minute for the hour up to `until`, zeros included (charts need them)."""
+    end = until.replace(second=0, microsecond=0)
+    start = end - SERIES_WINDOW + timedelta(minutes=1)
+    rows = (
+        records.filter(created_at__gte=start, created_at__lt=end + timedelta(minutes=1))
+        .annotate(minute=TruncMinute("created_at"))
+        .values("minute")
+        .annotate(
+            requests=Count("id"),
+            errors=Count("id", filter=Q(status__gte=400)),
+            tokens=Sum("prompt_tokens") + Sum("completion_tokens"),
+        )
+    )
+    by_minute: dict[datetime, Any] = {row["minute"]: row for row in rows}
+    series = []
+    for step in range(60):
+        minute = start + timedelta(minutes=step)
+        row: dict[str, Any] = by_minute.get(minute, {})
+        series.append(
+            {
+                "minute": minute.isoformat(),
+                "requests": row.get("requests", 0),
+                "errors": row.get("errors", 0),
+                "tokens": row.get("tokens") or 0,
+            }
+        )
+    return series
+
+
+def records_visible_to(actor: Actor) -> QuerySet[UsageRecord]:
+    """A key sees its own usage; a user their keys'; an operator everything."""
+    records = UsageRecord.objects.all()
+    if actor.key is not None and not actor.key.is_admin:
+        return records.filter(api_key=actor.key)
+    if actor.is_operator:
+        return records
+    return records.filter(api_key__owner_id=actor.user.pk)
+
+
+def usage_report(
+    *, actor: Actor, time_range: TimeRange, key_id: str | None = None, model: str | None = None
+) -> dict[str, Any]:
+    records = records_visible_to(actor).filter(
+        created_at__gte=time_range.since, created_at__lt=time_range.until
+    )
+    series_records = records_visible_to(actor)
+    keys: QuerySet[ApiKey] = keys_visible_to(actor)
+    if actor.key is not None and not actor.key.is_admin:
+        keys = keys.filter(pk=actor.key.pk)
+    if key_id is not None:
+        keys = keys.filter(pk=key_id) if str(key_id).isdigit() else keys.none()
+        records = records.filter(api_key_id__in=keys.values("pk"))
+        series_records = series_records.filter(api_key_id__in=keys.values("pk"))
+    if model:
+        records = records.filter(model=model)
+        series_records = series_records.filter(model=model)
+    used_key_ids = set(records.exclude(api_key=None).values_list("api_key_id", flat=True))
+    report_keys = []
+    for key in keys.filter(pk__in=used_key_ids).order_by("name", "pk"):
+        mine = records.filter(api_key=key)
+        report_keys.append(
+            {
+                "key": {
+                    "id": key.pk,
+                    "name": key.name,
+                    "prefix": key.prefix,
+                    "owner": key.owner.get_username(),
+                    "state": key.state,
+                },
+                **_aggregate(mine),
+                "models": _by_model(mine),
+                "series": _series(series_records.filter(api_key=key), time_range.until),
+            }
+        )
+    return {
+        "object": "usage_report",
+        "range": {"since": time_range.since.isoformat(), "until": time_range.until.isoformat()},
+        "totals": {**_aggregate(records), "models": _by_model(records)},
+        "series": _series(series_records, time_range.until),
+        "keys": report_keys,
+    }
