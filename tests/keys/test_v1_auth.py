@@ -83,3 +83,12 @@ def test_secrets_are_not_echoed_in_error_responses(live, alice, make_key):
     response = _chat(live.url, typo)
     _assert_invalid_key(response)
     assert typo[3:] not in response.text
+
+
+def test_keys_of_a_deactivated_user_stop_working_at_once(live, alice, make_key, ready_model):
+    ready_model()
+    _, secret = make_key(alice, rpm_limit=100)
+    assert _chat(live.url, secret).status_code == 200  # now cached as valid
+    alice.is_active = False
+    alice.save()
+    _assert_invalid_key(_chat(live.url, secret))
