@@ -24,7 +24,7 @@ BASE_DIR = Path(__file__).resolve().parent.parent
 env = Env()
 # A developer's `.env` (written by `bin/run` on first start) is read if present; real environment
 # variables win over it.
-env.read_env(str(BASE_DIR / ".env"), recurse=False)
+env.read_env(env.str("NEBULA_ENV_FILE", str(BASE_DIR / ".env")), recurse=False)
 
 TESTING = "pytest" in sys.modules or env.bool("NEBULA_TESTING", False)
 
