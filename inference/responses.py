@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -11,7 +12,9 @@ import orjson
 from inference.jobs import DoneMessage, Usage
 from inference.schemas import ChatCompletionRequest
 from inference.services import Completion
-from nebula_site.errors import NebulaError
+from nebula_site.errors import InternalError, NebulaError
+
+logger = logging.getLogger(__name__)
 
 SYSTEM_FINGERPRINT = "fp_nebula_sim_v1"
 DONE_LINE = b"data: [DONE]\n\n"
@@ -130,5 +133,9 @@ async def sse_events(
                 yield KEEPALIVE_LINE
     except NebulaError as error:
         yield error_chunk(error)
+    except Exception:
+        # The status line went out long ago: the client still gets a well-formed ending.
+        logger.exception("stream %s failed", completion.ctx.request_id)
+        yield error_chunk(InternalError("The stream failed on the server. Retry the request."))
     finally:
         completion.close()

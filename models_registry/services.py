@@ -157,6 +157,62 @@ def validate_deployment(
     return found
 
 
+def _create_deployment(
+    *,
+    owner: Any,
+    state: ModelState,
+    note: str,
+    name: str,
+    params_billions: float,
+    gpu_type: str,
+    gpus_per_replica: int,
+    replicas: int,
+    max_concurrent_seqs: int,
+    context_length: int,
+) -> DeployedModel:
+    """Validate and create a deployment in `state`, inside the caller's transaction."""
+    gpu = validate_deployment(
+        name=name,
+        params_billions=params_billions,
+        gpu=gpu_type,
+        gpus_per_replica=gpus_per_replica,
+        replicas=replicas,
+        max_concurrent_seqs=max_concurrent_seqs,
+        context_length=context_length,
+    )
+    if DeployedModel.objects.filter(name=name, state__in=LIVE_STATES).exists():
+        raise InvalidRequest(
+            f"A deployment named '{name}' already exists. Undeploy it first or pick another name.",
+            param="name",
+            code="duplicate_name",
+        )
+    model = DeployedModel(
+        owner=owner,
+        name=name,
+        parameters=round(params_billions * 1e9),
+        gpu_type=gpu.key,
+        gpus_per_replica=gpus_per_replica,
+        replicas=replicas,
+        max_concurrent_seqs=max_concurrent_seqs,
+        context_length=context_length,
+        state=state,
+    )
+    if state == ModelState.READY:  # skipping the load skips its fit check too: do it here
+        fit = model_fit(parameters=model.parameters, gpu=gpu, gpus_per_replica=gpus_per_replica)
+        if not fit.fits:
+            raise InvalidRequest(fit_failure_message(model, fit), param="gpus_per_replica")
+    try:
+        with transaction.atomic():
+            model.save()
+    except IntegrityError:  # a concurrent deploy of the same name won the race
+        raise InvalidRequest(
+            f"A deployment named '{name}' already exists.", param="name", code="duplicate_name"
+        ) from None
+    _record(model, "", state, note)
+    _announce(model)
+    return model
+
+
 def model_deploy(
     *,
     owner: Any,
@@ -172,39 +228,20 @@ def model_deploy(
     from models_registry.tasks import load_model
     from nebula_site.tasks import enqueue_on_commit
 
-    gpu = validate_deployment(
-        name=name,
-        params_billions=params_billions,
-        gpu=gpu_type,
-        gpus_per_replica=gpus_per_replica,
-        replicas=replicas,
-        max_concurrent_seqs=max_concurrent_seqs,
-        context_length=context_length,
-    )
-    try:
-        with transaction.atomic():
-            if DeployedModel.objects.filter(name=name, state__in=LIVE_STATES).exists():
-                raise IntegrityError
-            model = DeployedModel.objects.create(
-                owner=owner,
-                name=name,
-                parameters=round(params_billions * 1e9),
-                gpu_type=gpu.key,
-                gpus_per_replica=gpus_per_replica,
-                replicas=replicas,
-                max_concurrent_seqs=max_concurrent_seqs,
-                context_length=context_length,
-                state=ModelState.PENDING,
-            )
-            _record(model, "", ModelState.PENDING, "deployment requested")
-            _announce(model)
-            enqueue_on_commit(load_model, model.pk)
-    except IntegrityError:
-        raise InvalidRequest(
-            f"A deployment named '{name}' already exists. Undeploy it first or pick another name.",
-            param="name",
-            code="duplicate_name",
-        ) from None
+    with transaction.atomic():
+        model = _create_deployment(
+            owner=owner,
+            state=ModelState.PENDING,
+            note="deployment requested",
+            name=name,
+            params_billions=params_billions,
+            gpu_type=gpu_type,
+            gpus_per_replica=gpus_per_replica,
+            replicas=replicas,
+            max_concurrent_seqs=max_concurrent_seqs,
+            context_length=context_length,
+        )
+        enqueue_on_commit(load_model, model.pk)
     return model
 
 
@@ -223,32 +260,19 @@ def model_seed_ready(
     existing = DeployedModel.objects.filter(name=name, state__in=LIVE_STATES).first()
     if existing is not None:
         return existing, False
-    gpu = validate_deployment(
-        name=name,
-        params_billions=params_billions,
-        gpu=gpu_type,
-        gpus_per_replica=gpus_per_replica,
-        replicas=replicas,
-        max_concurrent_seqs=max_concurrent_seqs,
-        context_length=context_length,
-    )
     with transaction.atomic():
-        model = DeployedModel.objects.create(
+        model = _create_deployment(
             owner=owner,
+            state=ModelState.READY,
+            note="seeded ready",
             name=name,
-            parameters=round(params_billions * 1e9),
-            gpu_type=gpu.key,
+            params_billions=params_billions,
+            gpu_type=gpu_type,
             gpus_per_replica=gpus_per_replica,
             replicas=replicas,
             max_concurrent_seqs=max_concurrent_seqs,
             context_length=context_length,
-            state=ModelState.READY,
         )
-        fit = model_fit(parameters=model.parameters, gpu=gpu, gpus_per_replica=gpus_per_replica)
-        if not fit.fits:
-            raise InvalidRequest(fit_failure_message(model, fit), param="gpus_per_replica")
-        _record(model, "", ModelState.READY, "seeded ready")
-        _announce(model)
     return model, True
 
 
