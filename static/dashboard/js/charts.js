@@ -1,0 +1,138 @@
+/* Small SVG charts: stacked bars (requests with errors) and an area line (tokens).
+   Drawn at the container's pixel size, so text stays crisp; redrawn on resize. */
+(function () {
+  "use strict";
+
+  const SVG = "http://www.w3.org/2000/svg";
+  const PAD = { top: 8, right: 8, bottom: 22, left: 40 };
+
+  function el(name, attrs, parent) {
+    const node = document.createElementNS(SVG, name);
+    for (const [key, value] of Object.entries(attrs || {})) node.setAttribute(key, value);
+    if (parent) parent.appendChild(node);
+    return node;
+  }
+
+  // A "nice" top for the y axis: 1, 2, 2.5 or 5 times a power of ten.
+  function niceMax(value) {
+    if (value <= 0) return 1;
+    const power = Math.pow(10, Math.floor(Math.log10(value)));
+    for (const step of [1, 2, 2.5, 5, 10]) {
+      if (value <= step * power) return step * power;
+    }
+    return 10 * power;
+  }
+
+  function frame(container, points, max, label) {
+    container.innerHTML = "";
+    const width = Math.max(container.clientWidth, 200);
+    const height = Math.max(container.clientHeight, 120);
+    const svg = el("svg", { viewBox: `0 0 ${width} ${height}`, width, height });
+    const inner = {
+      x: PAD.left,
+      y: PAD.top,
+      w: width - PAD.left - PAD.right,
+      h: height - PAD.top - PAD.bottom,
+    };
+    for (let i = 0; i <= 3; i++) {
+      const y = inner.y + inner.h - (inner.h * i) / 3;
+      el("line", { class: "grid-line", x1: inner.x, x2: inner.x + inner.w, y1: y, y2: y }, svg);
+      const text = el("text", { class: "axis-label", x: inner.x - 8, y: y + 4, "text-anchor": "end" }, svg);
+      text.textContent = window.Nebula.fmt.compact((max * i) / 3);
+    }
+    const ticks = points.length > 1 ? [0, Math.floor((points.length - 1) / 2), points.length - 1] : [0];
+    for (const index of ticks) {
+      const x = inner.x + (inner.w * (index + 0.5)) / points.length;
+      const anchor = index === 0 ? "start" : index === points.length - 1 ? "end" : "middle";
+      const text = el("text", { class: "axis-label", x, y: height - 4, "text-anchor": anchor }, svg);
+      text.textContent = label(points[index]);
+    }
+    const tip = document.createElement("div");
+    tip.className = "chart-tip";
+    container.appendChild(svg);
+    container.appendChild(tip);
+    return { svg, inner, tip };
+  }
+
+  function hover(container, tip, x, y, text) {
+    tip.textContent = text;
+    tip.style.left = x + "px";
+    tip.style.top = y - 6 + "px";
+    tip.classList.add("on");
+  }
+
+  // points: [{...}], value(p) and part(p) (the red share of a bar, e.g. errors).
+  function bars(container, points, options) {
+    const values = points.map(options.value);
+    const max = niceMax(Math.max(0, ...values));
+    const { svg, inner, tip } = frame(container, points, max, options.label);
+    const slot = inner.w / Math.max(points.length, 1);
+    const gap = slot > 6 ? Math.min(3, slot * 0.25) : 0.5;
+    points.forEach((point, index) => {
+      const x = inner.x + slot * index + gap / 2;
+      const w = Math.max(slot - gap, 1);
+      const total = values[index];
+      const part = options.part ? options.part(point) : 0;
+      const h = (inner.h * total) / max;
+      const partH = (inner.h * part) / max;
+      if (total > 0) {
+        el("rect", { class: "bar", x, y: inner.y + inner.h - h, width: w, height: Math.max(h - partH, 0), rx: Math.min(2, w / 2) }, svg);
+      }
+      if (part > 0) {
+        el("rect", { class: "bar-error", x, y: inner.y + inner.h - partH, width: w, height: partH }, svg);
+      }
+      const hit = el("rect", { class: "bar-hit", x: inner.x + slot * index, y: inner.y, width: slot, height: inner.h }, svg);
+      hit.addEventListener("mouseenter", () =>
+        hover(container, tip, x + w / 2, inner.y + inner.h - h, options.tooltip(point))
+      );
+      hit.addEventListener("mouseleave", () => tip.classList.remove("on"));
+    });
+  }
+
+  function area(container, points, options) {
+    const values = points.map(options.value);
+    const max = niceMax(Math.max(0, ...values));
+    const { svg, inner, tip } = frame(container, points, max, options.label);
+    const defs = el("defs", {}, svg);
+    const gradient = el("linearGradient", { id: "area-fill", x1: 0, y1: 0, x2: 0, y2: 1 }, defs);
+    el("stop", { offset: "0", "stop-color": "#2e90fa", "stop-opacity": "0.28" }, gradient);
+    el("stop", { offset: "1", "stop-color": "#2e90fa", "stop-opacity": "0.02" }, gradient);
+    const slot = inner.w / Math.max(points.length, 1);
+    const xy = values.map((value, index) => [
+      inner.x + slot * (index + 0.5),
+      inner.y + inner.h - (inner.h * value) / max,
+    ]);
+    const line = xy.map(([x, y], i) => `${i ? "L" : "M"}${x.toFixed(1)},${y.toFixed(1)}`).join("");
+    if (xy.length) {
+      const base = inner.y + inner.h;
+      el("path", { class: "area", d: `${line}L${xy[xy.length - 1][0]},${base}L${xy[0][0]},${base}Z` }, svg);
+      el("path", { class: "line", d: line }, svg);
+    }
+    points.forEach((point, index) => {
+      const hit = el("rect", { class: "bar-hit", x: inner.x + slot * index, y: inner.y, width: slot, height: inner.h }, svg);
+      hit.addEventListener("mouseenter", () => hover(container, tip, xy[index][0], xy[index][1], options.tooltip(point)));
+      hit.addEventListener("mouseleave", () => tip.classList.remove("on"));
+    });
+  }
+
+  // Redraw on resize (phones rotate; sidebars collapse).
+  const drawn = new Map();
+  let pending = null;
+  window.addEventListener("resize", () => {
+    clearTimeout(pending);
+    pending = setTimeout(() => drawn.forEach((draw) => draw()), 120);
+  });
+
+  window.Nebula.charts = {
+    bars(container, points, options) {
+      const draw = () => bars(container, points, options);
+      drawn.set(container, draw);
+      draw();
+    },
+    area(container, points, options) {
+      const draw = () => area(container, points, options);
+      drawn.set(container, draw);
+      draw();
+    },
+  };
+})();
