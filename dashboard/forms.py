@@ -119,7 +119,9 @@ class ScaleForm(forms.Form):
 
 
 class UsageFilterForm(forms.Form):
-    window = forms.ChoiceField(label="Time range", choices=WINDOW_CHOICES, required=False)
+    window = forms.ChoiceField(
+        label="Time range", choices=WINDOW_CHOICES, required=False, initial="24h"
+    )
     key = forms.ChoiceField(label="API key", required=False)
     model = forms.ChoiceField(label="Model", required=False)
 

@@ -13,17 +13,19 @@
     return node;
   }
 
-  // A "nice" top for the y axis: 1, 2, 2.5 or 5 times a power of ten.
-  function niceMax(value) {
-    if (value <= 0) return 1;
-    const power = Math.pow(10, Math.floor(Math.log10(value)));
-    for (const step of [1, 2, 2.5, 5, 10]) {
-      if (value <= step * power) return step * power;
-    }
-    return 10 * power;
+  // A y axis with "nice" steps (1, 2 or 5 times a power of ten) and whole numbers for counts:
+  // the top and the step between grid lines.
+  function scale(value) {
+    if (value <= 0) return { top: 1, step: 1 };
+    const rough = value / 3;
+    const power = Math.pow(10, Math.floor(Math.log10(rough)));
+    let step = [1, 2, 5, 10].map((m) => m * power).find((s) => s >= rough);
+    step = Math.max(step, 1);
+    return { top: step * Math.ceil(value / step), step };
   }
 
-  function frame(container, points, max, label) {
+  function frame(container, points, axis, label) {
+    const max = axis.top;
     container.innerHTML = "";
     const width = Math.max(container.clientWidth, 200);
     const height = Math.max(container.clientHeight, 120);
@@ -34,11 +36,11 @@
       w: width - PAD.left - PAD.right,
       h: height - PAD.top - PAD.bottom,
     };
-    for (let i = 0; i <= 3; i++) {
-      const y = inner.y + inner.h - (inner.h * i) / 3;
+    for (let tick = 0; tick <= max + 1e-9; tick += axis.step) {
+      const y = inner.y + inner.h - (inner.h * tick) / max;
       el("line", { class: "grid-line", x1: inner.x, x2: inner.x + inner.w, y1: y, y2: y }, svg);
       const text = el("text", { class: "axis-label", x: inner.x - 8, y: y + 4, "text-anchor": "end" }, svg);
-      text.textContent = window.Nebula.fmt.compact((max * i) / 3);
+      text.textContent = window.Nebula.fmt.compact(tick);
     }
     const ticks = points.length > 1 ? [0, Math.floor((points.length - 1) / 2), points.length - 1] : [0];
     for (const index of ticks) {
@@ -64,8 +66,9 @@
   // points: [{...}], value(p) and part(p) (the red share of a bar, e.g. errors).
   function bars(container, points, options) {
     const values = points.map(options.value);
-    const max = niceMax(Math.max(0, ...values));
-    const { svg, inner, tip } = frame(container, points, max, options.label);
+    const axis = scale(Math.max(0, ...values));
+    const max = axis.top;
+    const { svg, inner, tip } = frame(container, points, axis, options.label);
     const slot = inner.w / Math.max(points.length, 1);
     const gap = slot > 6 ? Math.min(3, slot * 0.25) : 0.5;
     points.forEach((point, index) => {
@@ -91,8 +94,9 @@
 
   function area(container, points, options) {
     const values = points.map(options.value);
-    const max = niceMax(Math.max(0, ...values));
-    const { svg, inner, tip } = frame(container, points, max, options.label);
+    const axis = scale(Math.max(0, ...values));
+    const max = axis.top;
+    const { svg, inner, tip } = frame(container, points, axis, options.label);
     const defs = el("defs", {}, svg);
     const gradient = el("linearGradient", { id: "area-fill", x1: 0, y1: 0, x2: 0, y2: 1 }, defs);
     el("stop", { offset: "0", "stop-color": "#2e90fa", "stop-opacity": "0.28" }, gradient);
