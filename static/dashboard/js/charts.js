@@ -1,4 +1,4 @@
-/* Small SVG charts: stacked bars (requests with errors) and an area line (tokens).
+/* Small SVG bar charts (requests with their errors stacked in red; tokens).
    Drawn at the container's pixel size, so text stays crisp; redrawn on resize. */
 (function () {
   "use strict";
@@ -79,7 +79,7 @@
       const h = (inner.h * total) / max;
       const partH = (inner.h * part) / max;
       if (total > 0) {
-        el("rect", { class: "bar", x, y: inner.y + inner.h - h, width: w, height: Math.max(h - partH, 0), rx: Math.min(2, w / 2) }, svg);
+        el("rect", { class: options.barClass || "bar", x, y: inner.y + inner.h - h, width: w, height: Math.max(h - partH, 0), rx: Math.min(2, w / 2) }, svg);
       }
       if (part > 0) {
         el("rect", { class: "bar-error", x, y: inner.y + inner.h - partH, width: w, height: partH }, svg);
@@ -88,33 +88,6 @@
       hit.addEventListener("mouseenter", () =>
         hover(container, tip, x + w / 2, inner.y + inner.h - h, options.tooltip(point))
       );
-      hit.addEventListener("mouseleave", () => tip.classList.remove("on"));
-    });
-  }
-
-  function area(container, points, options) {
-    const values = points.map(options.value);
-    const axis = scale(Math.max(0, ...values));
-    const max = axis.top;
-    const { svg, inner, tip } = frame(container, points, axis, options.label);
-    const defs = el("defs", {}, svg);
-    const gradient = el("linearGradient", { id: "area-fill", x1: 0, y1: 0, x2: 0, y2: 1 }, defs);
-    el("stop", { offset: "0", "stop-color": "#2e90fa", "stop-opacity": "0.28" }, gradient);
-    el("stop", { offset: "1", "stop-color": "#2e90fa", "stop-opacity": "0.02" }, gradient);
-    const slot = inner.w / Math.max(points.length, 1);
-    const xy = values.map((value, index) => [
-      inner.x + slot * (index + 0.5),
-      inner.y + inner.h - (inner.h * value) / max,
-    ]);
-    const line = xy.map(([x, y], i) => `${i ? "L" : "M"}${x.toFixed(1)},${y.toFixed(1)}`).join("");
-    if (xy.length) {
-      const base = inner.y + inner.h;
-      el("path", { class: "area", d: `${line}L${xy[xy.length - 1][0]},${base}L${xy[0][0]},${base}Z` }, svg);
-      el("path", { class: "line", d: line }, svg);
-    }
-    points.forEach((point, index) => {
-      const hit = el("rect", { class: "bar-hit", x: inner.x + slot * index, y: inner.y, width: slot, height: inner.h }, svg);
-      hit.addEventListener("mouseenter", () => hover(container, tip, xy[index][0], xy[index][1], options.tooltip(point)));
       hit.addEventListener("mouseleave", () => tip.classList.remove("on"));
     });
   }
@@ -130,11 +103,6 @@
   window.Nebula.charts = {
     bars(container, points, options) {
       const draw = () => bars(container, points, options);
-      drawn.set(container, draw);
-      draw();
-    },
-    area(container, points, options) {
-      const draw = () => area(container, points, options);
       drawn.set(container, draw);
       draw();
     },

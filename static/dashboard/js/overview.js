@@ -14,8 +14,9 @@
       label: minuteLabel,
       tooltip: (p) => `${fmt.clock(p.minute)} · ${p.requests} requests, ${p.errors} errors`,
     });
-    charts.area($('[data-chart="tokens"]'), series, {
+    charts.bars($('[data-chart="tokens"]'), series, {
       value: (p) => p.tokens,
+      barClass: "bar-tokens",
       label: minuteLabel,
       tooltip: (p) => `${fmt.clock(p.minute)} · ${fmt.compact(p.tokens)} tokens`,
     });

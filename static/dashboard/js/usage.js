@@ -21,8 +21,9 @@
     label,
     tooltip: (p) => `${label(p)} · ${p.requests} requests, ${p.errors} errors`,
   });
-  charts.area($('[data-chart="tokens"]'), timeline.points, {
+  charts.bars($('[data-chart="tokens"]'), timeline.points, {
     value: (p) => p.tokens,
+    barClass: "bar-tokens",
     label,
     tooltip: (p) => `${label(p)} · ${fmt.compact(p.tokens)} tokens`,
   });
