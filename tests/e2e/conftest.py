@@ -84,8 +84,8 @@ def open_page(browser: Any, live: Any) -> Iterator[Callable[..., Any]]:
         context.set_default_timeout(15_000)
         contexts.append(context)
         page = context.new_page()
-        page.errors = []  # type: ignore[attr-defined]
-        page.on("pageerror", lambda error: page.errors.append(str(error)))  # type: ignore[attr-defined]
+        page.errors = []
+        page.on("pageerror", lambda error: page.errors.append(str(error)))
         if user is not None:
             page.goto("/accounts/login/")
             page.get_by_label("Username").fill(user.get_username())
