@@ -3,7 +3,11 @@ the same figure is updated live."""
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
+
 from django import template
+from django.utils import timezone
+from django.utils.timesince import timesince
 
 register = template.Library()
 
@@ -58,3 +62,13 @@ def uptime(seconds: float | None) -> str:
 @register.filter
 def get(mapping: dict[str, object] | None, key: str) -> object:
     return (mapping or {}).get(key)
+
+
+@register.filter
+def ago(when: datetime | None) -> str:
+    """“just now”, “5 minutes ago”, “2 days, 3 hours ago”."""
+    if when is None:
+        return "never"
+    if timezone.now() - when < timedelta(minutes=1):
+        return "just now"
+    return f"{timesince(when)} ago"
