@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from django.db.models import QuerySet
+from datetime import timedelta
+
+from django.db.models import Q, QuerySet
+from django.utils import timezone
 
 from keys.access import Actor
 from models_registry.models import LIVE_STATES, DeployedModel, ModelState
@@ -20,6 +23,19 @@ def deployments_visible_to(
     if actor.key is not None and actor.key.allowed_models:
         visible = visible.filter(name__in=actor.key.allowed_models)
     return visible
+
+
+# How long a stopped or failed deployment stays on an operator's fleet page (then: the admin).
+RECENTLY_ENDED = timedelta(hours=24)
+
+
+def fleet_for(actor: Actor) -> QuerySet[DeployedModel]:
+    """The dashboard's fleet: what `deployments_visible_to` shows, and for operators also the
+    deployments that stopped or failed lately, so a failure and its reason stay in view."""
+    if not actor.is_operator:
+        return deployments_visible_to(actor)
+    recent = Q(state__in=LIVE_STATES) | Q(updated_at__gte=timezone.now() - RECENTLY_ENDED)
+    return deployments_visible_to(actor, include_history=True).filter(recent)
 
 
 def deployment_get_for(actor: Actor, name: str) -> DeployedModel:

@@ -7,7 +7,7 @@ import re
 import time
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
@@ -24,6 +24,9 @@ from models_registry.models import (
 from nebula_site.epoch import epoch_bump_on_commit
 from nebula_site.errors import Conflict, InvalidRequest
 from nebula_site.events import FLEET_GROUP, ModelEventPayload, broadcast_on_commit
+
+if TYPE_CHECKING:
+    from keys.access import Actor
 
 logger = logging.getLogger(__name__)
 
@@ -94,6 +97,26 @@ def serialize_model(model: DeployedModel) -> dict[str, Any]:
         "created_at": model.created_at.isoformat(),
         "updated_at": model.updated_at.isoformat() if model.updated_at else None,
     }
+
+
+# What a user (not an operator) may not see of a deployment: who runs it and on what hardware.
+PRIVATE_FIELDS = ("owner", "gpu_type", "gpus_per_replica", "replicas", "failure_reason")
+
+
+def serialize_model_for(model: DeployedModel, *, operator: bool) -> dict[str, Any]:
+    """`serialize_model`, minus the fleet's inner workings unless the reader is an operator."""
+    data = serialize_model(model)
+    if not operator:
+        for private in PRIVATE_FIELDS:
+            data.pop(private, None)
+    return data
+
+
+def fleet_snapshot(actor: Actor) -> list[dict[str, Any]]:
+    """The dashboard's fleet as `actor` may see it (see `access.fleet_for`)."""
+    from models_registry.access import fleet_for
+
+    return [serialize_model_for(m, operator=actor.is_operator) for m in fleet_for(actor)]
 
 
 def _publish_capacities() -> None:

@@ -22,15 +22,12 @@ from models_registry.serializers import (
 
 
 def _with_history(model: DeployedModel, *, operator: bool) -> dict[str, Any]:
-    data = services.serialize_model(model)
+    data = services.serialize_model_for(model, operator=operator)
     if operator:
         data["history"] = [
             {"from": e.from_state or None, "to": e.to_state, "note": e.note, "at": e.at.isoformat()}
             for e in model.events.all()
         ]
-    else:
-        for private in ("owner", "gpu_type", "gpus_per_replica", "replicas", "failure_reason"):
-            data.pop(private, None)
     return data
 
 

@@ -99,6 +99,7 @@ INSTALLED_APPS = [
     "models_registry",
     "inference",
     "telemetry",
+    "dashboard",
 ]
 
 MIDDLEWARE = [

@@ -205,7 +205,18 @@ def usage_write_batch(events: list[UsageEvent]) -> int:
         metrics_observe([event for event in events if event["request_id"] in inserted])
     except REDIS_ERRORS:
         logger.warning("could not update Prometheus aggregates", exc_info=True)
+    if fresh:
+        _announce_new_usage()
     return len(fresh)
+
+
+def _announce_new_usage() -> None:
+    """Open overview pages recompute their numbers. The event carries none: each consumer
+    computes what its own user may see."""
+    from nebula_site.events import OVERVIEW_GROUP, OverviewEventPayload, broadcast
+
+    payload: OverviewEventPayload = {"type": "overview.changed"}
+    broadcast(OVERVIEW_GROUP, payload)
 
 
 class LedgerConsumer:

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from django.db.models import Count, Q, QuerySet, Sum
-from django.db.models.functions import TruncMinute
+from django.db.models.functions import TruncHour, TruncMinute
 from django.utils import timezone
 
 from keys.access import Actor, keys_visible_to
@@ -156,23 +156,29 @@ def records_visible_to(actor: Actor) -> QuerySet[UsageRecord]:
     return records.filter(api_key__owner_id=actor.user.pk)
 
 
-def usage_report(
-    *, actor: Actor, time_range: TimeRange, key_id: str | None = None, model: str | None = None
-) -> dict[str, Any]:
-    records = records_visible_to(actor).filter(
-        created_at__gte=time_range.since, created_at__lt=time_range.until
-    )
-    series_records = records_visible_to(actor)
+def _selection(
+    actor: Actor, key_id: str | None, model: str | None
+) -> tuple[QuerySet[UsageRecord], QuerySet[ApiKey]]:
+    """The records and keys `actor` may see, narrowed to one key and/or model if asked."""
+    records = records_visible_to(actor)
     keys: QuerySet[ApiKey] = keys_visible_to(actor)
     if actor.key is not None and not actor.key.is_admin:
         keys = keys.filter(pk=actor.key.pk)
     if key_id is not None:
         keys = keys.filter(pk=key_id) if str(key_id).isdigit() else keys.none()
         records = records.filter(api_key_id__in=keys.values("pk"))
-        series_records = series_records.filter(api_key_id__in=keys.values("pk"))
     if model:
         records = records.filter(model=model)
-        series_records = series_records.filter(model=model)
+    return records, keys
+
+
+def usage_report(
+    *, actor: Actor, time_range: TimeRange, key_id: str | None = None, model: str | None = None
+) -> dict[str, Any]:
+    series_records, keys = _selection(actor, key_id, model)
+    records = series_records.filter(
+        created_at__gte=time_range.since, created_at__lt=time_range.until
+    )
     used_key_ids = set(records.exclude(api_key=None).values_list("api_key_id", flat=True))
     report_keys = []
     for key in keys.filter(pk__in=used_key_ids).order_by("name", "pk"):
@@ -197,4 +203,115 @@ def usage_report(
         "totals": {**_aggregate(records), "models": _by_model(records)},
         "series": _series(series_records, time_range.until),
         "keys": report_keys,
+    }
+
+
+# --- The dashboard ------------------------------------------------------------------------------
+
+# Bucket sizes a usage chart may use; the smallest that keeps the chart under MAX_BUCKETS bars.
+_BUCKETS = [timedelta(minutes=m) for m in (1, 5, 15, 60, 180, 360, 720, 1440)]
+MAX_BUCKETS = 120
+OVERVIEW_WINDOW = timedelta(hours=1)
+# "Per minute" rates on the overview average this much recent traffic: one minute is too jumpy.
+RATE_WINDOW = timedelta(minutes=5)
+
+
+def usage_timeline(
+    *, actor: Actor, time_range: TimeRange, key_id: str | None = None, model: str | None = None
+) -> dict[str, Any]:
+    """Requests, errors and tokens per bucket across the whole range (the usage page's chart).
+
+    The database groups by minute or by hour (functions every backend has); the rows are then
+    summed into the chart's buckets here, which is at most 31 days × 24 hours of rows.
+    """
+    span = time_range.until - time_range.since
+    bucket = next((b for b in _BUCKETS if span / b <= MAX_BUCKETS), _BUCKETS[-1])
+    records, _ = _selection(actor, key_id, model)
+    trunc = TruncMinute if bucket < timedelta(hours=1) else TruncHour
+    rows = (
+        records.filter(created_at__gte=time_range.since, created_at__lt=time_range.until)
+        .annotate(slot=trunc("created_at"))
+        .values("slot")
+        .annotate(
+            requests=Count("id"),
+            errors=Count("id", filter=Q(status__gte=400)),
+            tokens=Sum("prompt_tokens") + Sum("completion_tokens"),
+        )
+    )
+    epoch = datetime(2000, 1, 1, tzinfo=UTC)
+    first = epoch + bucket * ((time_range.since - epoch) // bucket)
+    count = int((time_range.until - first) / bucket) + 1
+    sums = [[0, 0, 0] for _ in range(count)]
+    for row in rows:
+        index = int((row["slot"] - first) // bucket)
+        if 0 <= index < count:
+            sums[index][0] += row["requests"]
+            sums[index][1] += row["errors"]
+            sums[index][2] += row["tokens"] or 0
+    points = [
+        {"start": (first + bucket * i).isoformat(), "requests": r, "errors": e, "tokens": t}
+        for i, (r, e, t) in enumerate(sums)
+    ]
+    return {"bucket_seconds": int(bucket.total_seconds()), "points": points}
+
+
+def usage_models(*, actor: Actor) -> list[str]:
+    """Every model name in the usage `actor` may see (for choosing one to report on)."""
+    names = records_visible_to(actor).exclude(model="").values_list("model", flat=True)
+    return sorted(set(names.distinct()))
+
+
+def overview_report(*, actor: Actor) -> dict[str, Any]:
+    """Everything the overview page shows, as this actor may see it: their own traffic (an
+    operator's: everyone's), the models they can use, and which workers run (operators only)."""
+    from models_registry.services import fleet_snapshot
+    from telemetry.health import health_report
+
+    operator = actor.is_operator
+    now = timezone.now()
+    healthy, health = health_report(detailed=operator)
+    visible = records_visible_to(actor)
+    hour = visible.filter(created_at__gte=now - OVERVIEW_WINDOW, created_at__lt=now)
+    totals = _aggregate(hour)
+    errors = sum(totals["errors"].values())
+    recent = hour.filter(created_at__gte=now - RATE_WINDOW).aggregate(
+        requests=Count("id"), prompt=Sum("prompt_tokens"), completion=Sum("completion_tokens")
+    )
+    minutes = RATE_WINDOW.total_seconds() / 60
+    worker_check = health["checks"]["workers"]
+    workers = worker_check.get("workers", []) if operator else []
+    return {
+        "generated_at": now.isoformat(),
+        "health": {
+            "ok": healthy,
+            "status": health["status"],
+            "failing": health["failing"],
+            "uptime_seconds": health["uptime_seconds"],
+            "version": health["version"],
+            "mode": health["mode"],
+            "checks": {
+                name: {"ok": check["ok"], "latency_ms": check.get("latency_ms")}
+                for name, check in health["checks"].items()
+            },
+        },
+        "workers": {
+            "live": worker_check.get("live", 0),
+            "busy": sum(w["busy"] for w in workers),
+            "slots": sum(w["concurrency"] for w in workers),
+            "list": workers,
+        },
+        "models": fleet_snapshot(actor),
+        "traffic": {
+            "requests": totals["requests"],
+            "tokens": totals["total_tokens"],
+            "errors": errors,
+            "error_rate": errors / totals["requests"] if totals["requests"] else 0.0,
+            "requests_per_minute": round(recent["requests"] / minutes, 2),
+            "tokens_per_minute": round(
+                ((recent["prompt"] or 0) + (recent["completion"] or 0)) / minutes, 1
+            ),
+            "latency_ms": totals["latency_ms"],
+            "ttft_ms": totals["ttft_ms"],
+        },
+        "series": _series(visible, now),
     }

@@ -154,7 +154,14 @@ def openai_client(live: Stack) -> Any:
 
 def pytest_collection_modifyitems(config: Any, items: list[Any]) -> None:
     # Live-stack tests are slower; run them after the fast ones so failures show up early.
-    items.sort(key=lambda item: "live" in getattr(item, "fixturenames", ()))
+    # Browser tests go last: while the browser is open, its event loop sits on the main thread
+    # (see tests/e2e/conftest.py).
+    items.sort(
+        key=lambda item: (
+            "live" in getattr(item, "fixturenames", ()),
+            item.get_closest_marker("browser") is not None,
+        )
+    )
 
 
 assert settings.REDIS_URL.endswith(os.environ.get("NEBULA_TEST_REDIS_DB", "15")), (

@@ -1,0 +1,139 @@
+"""The dashboard's forms. They parse what a person typed; the services decide what is allowed
+(their `InvalidRequest.param` names the field an error belongs to, see `attach_error`)."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+from django import forms
+from django.contrib.auth import get_user_model
+from django.utils import timezone
+
+from models_registry.gpus import GPU_TYPES
+from nebula_site.errors import NebulaError
+
+EXPIRY_CHOICES = [
+    ("", "Never"),
+    ("7", "In 7 days"),
+    ("30", "In 30 days"),
+    ("90", "In 90 days"),
+    ("365", "In a year"),
+]
+WINDOW_CHOICES = [
+    ("15m", "Last 15 minutes"),
+    ("1h", "Last hour"),
+    ("24h", "Last 24 hours"),
+    ("7d", "Last 7 days"),
+    ("30d", "Last 30 days"),
+]
+
+
+def attach_error(form: forms.Form, error: NebulaError) -> None:
+    """Show a service's refusal next to the field it is about (or above the form)."""
+    field = error.param
+    form.add_error(field if field in form.fields else None, error.message)
+
+
+class KeyCreateForm(forms.Form):
+    name = forms.CharField(
+        max_length=100,
+        help_text="Something that tells you where it is used, like “billing-worker”.",
+    )
+    rpm_limit = forms.IntegerField(
+        label="Requests per minute",
+        required=False,
+        help_text="Leave empty for the default.",
+    )
+    tpm_limit = forms.IntegerField(
+        label="Tokens per minute",
+        required=False,
+        help_text="Optional. Empty means no token limit.",
+    )
+    allowed_models = forms.CharField(
+        label="Allowed models",
+        required=False,
+        help_text="Comma-separated model names. Empty allows every ready model.",
+    )
+    expires_in = forms.ChoiceField(label="Expires", choices=EXPIRY_CHOICES, required=False)
+
+    def __init__(self, *args: Any, operator: bool = False, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.operator = operator
+        if operator:
+            users = get_user_model().objects.filter(is_active=True).order_by("username")
+            self.fields["owner"] = forms.ChoiceField(
+                label="Owner",
+                choices=[("", "Me")] + [(u.get_username(), u.get_username()) for u in users],
+                required=False,
+                help_text="Operators can create keys for anyone.",
+            )
+            self.fields["is_admin"] = forms.BooleanField(
+                label="Admin key (manages keys and models like an operator)", required=False
+            )
+        for field in self.fields.values():
+            field.widget.attrs.setdefault("class", "input")
+        self.fields["name"].widget.attrs.update(placeholder="my-app", autocomplete="off")
+        self.fields["allowed_models"].widget.attrs.update(placeholder="nebula-7b, nebula-70b")
+
+    def clean_allowed_models(self) -> list[str]:
+        text: str = self.cleaned_data.get("allowed_models") or ""
+        return [name.strip() for name in text.split(",") if name.strip()]
+
+    def expires_at(self) -> datetime | None:
+        days = self.cleaned_data.get("expires_in")
+        return timezone.now() + timedelta(days=int(days)) if days else None
+
+
+class DeployForm(forms.Form):
+    name = forms.CharField(max_length=64, help_text="How clients call it, e.g. nebula-7b.")
+    params_billions = forms.FloatField(
+        label="Size (billions of parameters)", help_text="7 for a 7B model."
+    )
+    gpu_type = forms.ChoiceField(
+        label="GPU type",
+        choices=[(gpu.key, f"{gpu.name} · {gpu.memory_gb:g} GB") for gpu in GPU_TYPES.values()],
+    )
+    gpus_per_replica = forms.IntegerField(label="GPUs per replica", initial=1)
+    replicas = forms.IntegerField(label="Replicas", initial=1)
+    max_concurrent_seqs = forms.IntegerField(
+        label="Concurrent sequences per replica", initial=8, required=False
+    )
+    context_length = forms.IntegerField(label="Context length", initial=8192, required=False)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        for field in self.fields.values():
+            field.widget.attrs.setdefault("class", "input")
+        self.fields["name"].widget.attrs.update(placeholder="nebula-7b", autocomplete="off")
+        self.fields["params_billions"].widget.attrs.update(placeholder="7", step="any")
+
+    def deployment(self) -> dict[str, Any]:
+        """The service's keyword arguments; blank optional fields take the service's defaults."""
+        data = dict(self.cleaned_data)
+        return {name: value for name, value in data.items() if value is not None}
+
+
+class ScaleForm(forms.Form):
+    replicas = forms.IntegerField(label="Replicas")
+
+
+class UsageFilterForm(forms.Form):
+    window = forms.ChoiceField(
+        label="Time range", choices=WINDOW_CHOICES, required=False, initial="24h"
+    )
+    key = forms.ChoiceField(label="API key", required=False)
+    model = forms.ChoiceField(label="Model", required=False)
+
+    def __init__(
+        self, *args: Any, keys: list[tuple[str, str]], models: list[str], **kwargs: Any
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        key_field = self.fields["key"]
+        model_field = self.fields["model"]
+        assert isinstance(key_field, forms.ChoiceField)
+        assert isinstance(model_field, forms.ChoiceField)
+        key_field.choices = [("", "All keys"), *keys]
+        model_field.choices = [("", "All models")] + [(m, m) for m in models]
+        for field in self.fields.values():
+            field.widget.attrs.setdefault("class", "input")

@@ -1,0 +1,86 @@
+/* The fleet table (models page and overview): rows are reconciled with each live snapshot,
+   keyed by deployment id, and new rows are cloned from the server-rendered <template>. */
+(function () {
+  "use strict";
+  const { $, $$, setText, fmt } = window.Nebula;
+  const ACTIVE = ["pending", "loading", "ready"];
+
+  function fill(row, m) {
+    row.dataset.model = m.pk;
+    row.classList.toggle("dim", m.state === "stopped" || m.state === "failed");
+    setText($('[data-f="name"]', row), m.name);
+    const owner = $('[data-f="owner"]', row);
+    if (owner) setText(owner, m.owner ? "by " + m.owner : "");
+    const badge = $('[data-f="state"]', row);
+    const stateClass = "badge badge-" + m.state;
+    if (badge.className !== stateClass) badge.className = stateClass;
+    setText($('[data-f="state-text"]', row), m.state);
+    const reason = $('[data-f="failure_reason"]', row);
+    if (reason) {
+      setText(reason, m.failure_reason || "");
+      reason.hidden = !m.failure_reason;
+    }
+    setText($('[data-f="size"]', row), fmt.decimal(m.params_billions) + "B");
+    const gpus = $('[data-f="gpus"]', row);
+    if (gpus) setText(gpus, `${m.gpus_per_replica} × ${m.gpu_type}`);
+    const replicas = $('[data-f="replicas"]', row);
+    if (replicas) setText(replicas, m.replicas);
+    setText($('[data-f="capacity"]', row), m.capacity);
+    setText($('[data-f="context"]', row), m.context_length);
+    const actions = $('[data-f="actions"]', row);
+    if (actions) actions.hidden = !ACTIVE.includes(m.state);
+    const scale = $('[data-f="scale"]', row);
+    if (scale) {
+      scale.hidden = m.state !== "ready";
+      const input = $('input[name="replicas"]', scale);
+      // Never overwrite what someone is typing.
+      if (input && document.activeElement !== input && input.getAttribute("aria-invalid") !== "true") {
+        input.value = m.replicas;
+      }
+    }
+  }
+
+  function create(template, m) {
+    const row = template.content.firstElementChild.cloneNode(true);
+    const name = encodeURIComponent(m.name);
+    $$("[action], [href]", row).forEach((node) => {
+      for (const attr of ["action", "href"]) {
+        const value = node.getAttribute(attr);
+        if (value) node.setAttribute(attr, value.replace("__NAME__", name));
+      }
+    });
+    $$("[data-name]", row).forEach((node) => (node.dataset.name = m.name));
+    $$('[id^="replicas-"]', row).forEach((node) => (node.id = "replicas-" + m.pk));
+    $$('label[for^="replicas-"]', row).forEach((node) => {
+      node.htmlFor = "replicas-" + m.pk;
+      node.textContent = "Replicas for " + m.name;
+    });
+    row.classList.add("appear");
+    return row;
+  }
+
+  window.Nebula.fleet = {
+    render(table, models) {
+      const body = $("tbody", table);
+      const template = table.parentElement.querySelector("template[data-row-template]");
+      const existing = new Map($$("tr[data-model]", body).map((row) => [row.dataset.model, row]));
+      const seen = new Set();
+      models.forEach((m, index) => {
+        const key = String(m.pk);
+        seen.add(key);
+        let row = existing.get(key);
+        if (!row) {
+          if (!template) return;
+          row = create(template, m);
+        }
+        fill(row, m);
+        if (body.children[index] !== row) body.insertBefore(row, body.children[index] || null);
+      });
+      existing.forEach((row, key) => {
+        if (!seen.has(key)) row.remove();
+      });
+      const empty = table.parentElement.querySelector("[data-fleet-empty]");
+      if (empty) empty.hidden = models.length > 0;
+    },
+  };
+})();

@@ -1,0 +1,30 @@
+/* Usage: the chart over the chosen range. */
+(function () {
+  "use strict";
+  const { $, fmt, charts } = window.Nebula;
+  const data = $("#usage-timeline");
+  const container = $('[data-chart="timeline"]');
+  if (!data || !container) return;
+  const timeline = JSON.parse(data.textContent);
+  const daily = timeline.bucket_seconds >= 86400;
+  const label = (p) => {
+    const date = new Date(p.start);
+    if (daily) return date.toLocaleDateString([], { month: "short", day: "numeric" });
+    if (timeline.bucket_seconds >= 3600) {
+      return date.toLocaleDateString([], { month: "short", day: "numeric" }) + " " + fmt.clock(p.start);
+    }
+    return fmt.clock(p.start);
+  };
+  charts.bars(container, timeline.points, {
+    value: (p) => p.requests,
+    part: (p) => p.errors,
+    label,
+    tooltip: (p) => `${label(p)} · ${p.requests} requests, ${p.errors} errors`,
+  });
+  charts.bars($('[data-chart="tokens"]'), timeline.points, {
+    value: (p) => p.tokens,
+    barClass: "bar-tokens",
+    label,
+    tooltip: (p) => `${label(p)} · ${fmt.compact(p.tokens)} tokens`,
+  });
+})();
