@@ -16,7 +16,8 @@ from tests.support.stack import ROOT, free_port
 def start(tmp_path, redis_url):
     port = free_port()
     env = {
-        key: value for key, value in os.environ.items()
+        key: value
+        for key, value in os.environ.items()
         if not key.startswith(("NEBULA_", "DJANGO_", "DATABASE_URL", "SECRET_KEY"))
     }
     env.update(
@@ -31,7 +32,11 @@ def start(tmp_path, redis_url):
     )
     log = (tmp_path / f"run-{port}.log").open("w+")
     process = subprocess.Popen(
-        ["bin/run"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+        ["bin/run"],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
         start_new_session=True,
     )
     return process, f"http://127.0.0.1:{port}", log
