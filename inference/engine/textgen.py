@@ -31,7 +31,8 @@ _STOPWORDS = frozenset(
     she should so some such tell than that the their them then there these they this those
     through to too under until up very was we were what when where which while who whom why
     will with would you your hello hi hey thanks thank write give explain make show know
-    want need like get say
+    want need like get say makes made works work does use using used help tell describe
+    summarize summarise compare happens happen there's what's how's i'm you're it's
     """.split()  # noqa: SIM905 - a word list reads better as text
 )
 _OPENERS = [
