@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -11,6 +12,7 @@ from rest_framework import authentication, exceptions
 
 from keys.models import ApiKey
 from keys.tokens import is_well_formed, key_digest
+from nebula_site.db import SingleFlight, run_db
 from nebula_site.epoch import MISS, EpochCache, current_epoch
 from nebula_site.errors import AuthenticationFailed
 
@@ -76,6 +78,12 @@ class KeyInfo:
 
 
 _keys_by_digest: EpochCache[str, KeyInfo | None] = EpochCache("api-keys")
+_fetches = SingleFlight()
+
+
+def _load(**lookup: Any) -> KeyInfo | None:
+    key = ApiKey.objects.select_related("owner").filter(**lookup).first()
+    return KeyInfo.from_key(key) if key is not None else None
 
 
 async def key_info_for_secret(secret: str) -> tuple[KeyInfo | None, str | None]:
@@ -88,17 +96,19 @@ async def key_info_for_secret(secret: str) -> tuple[KeyInfo | None, str | None]:
     cached = _keys_by_digest.get(digest)
     if cached is not MISS:
         return cached, current_epoch()  # type: ignore[return-value]
-    epoch = current_epoch()
-    key = await ApiKey.objects.select_related("owner").filter(digest=digest).afirst()
-    info = KeyInfo.from_key(key) if key is not None else None
-    _keys_by_digest.put(digest, info, epoch=epoch)
-    return info, epoch
+
+    async def fetch() -> tuple[KeyInfo | None, str | None]:
+        epoch = current_epoch()  # observed before the read, so the answer is valid for it
+        info = await run_db(functools.partial(_load, digest=digest))
+        _keys_by_digest.put(digest, info, epoch=epoch)
+        return info, epoch
+
+    return await _fetches.run(digest, fetch)
 
 
 async def key_info_for_id(key_id: int) -> KeyInfo | None:
     """For callers that hold a key id rather than its secret (the dashboard playground)."""
-    key = await ApiKey.objects.select_related("owner").filter(pk=key_id).afirst()
-    return KeyInfo.from_key(key) if key is not None else None
+    return await run_db(functools.partial(_load, pk=key_id))
 
 
 class ApiKeyAuthentication(authentication.BaseAuthentication):

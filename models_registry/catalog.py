@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from models_registry.gpus import GPU_TYPES
 from models_registry.models import LIVE_STATES, DeployedModel, ModelState
+from nebula_site.db import SingleFlight, run_db
 from nebula_site.epoch import MISS, EpochCache, current_epoch
 
 
@@ -47,6 +48,7 @@ class ModelInfo:
 
 Catalog = dict[str, ModelInfo]
 _catalog: EpochCache[str, Catalog] = EpochCache("model-catalog", max_entries=1)
+_fetches = SingleFlight()
 
 
 def load_catalog() -> Catalog:
@@ -61,10 +63,11 @@ async def catalog_snapshot() -> tuple[Catalog, str | None]:
     cached = _catalog.get("all")
     if cached is not MISS:
         return cached, current_epoch()  # type: ignore[return-value]
-    epoch = current_epoch()
-    catalog = {
-        model.name: ModelInfo.from_model(model)
-        async for model in DeployedModel.objects.filter(state__in=LIVE_STATES)
-    }
-    _catalog.put("all", catalog, epoch=epoch)
-    return catalog, epoch
+
+    async def fetch() -> tuple[Catalog, str | None]:
+        epoch = current_epoch()  # observed before the read, so the snapshot is valid for it
+        catalog = await run_db(load_catalog)
+        _catalog.put("all", catalog, epoch=epoch)
+        return catalog, epoch
+
+    return await _fetches.run("all", fetch)

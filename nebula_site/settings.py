@@ -68,6 +68,8 @@ NEBULA_WORKER_CONCURRENCY = env.int("NEBULA_WORKER_CONCURRENCY", 64, validate=la
 # and resending deployment work that got lost. Either can run elsewhere instead.
 NEBULA_WORKER_LEDGER = env.bool("NEBULA_WORKER_LEDGER", True)
 NEBULA_WORKER_RECONCILER = env.bool("NEBULA_WORKER_RECONCILER", True)
+# Threads (so database connections) per web process for database work from async code.
+NEBULA_DB_THREADS = env.int("NEBULA_DB_THREADS", 4, validate=lambda v: v > 0)
 # Request size limits for /v1/chat/completions.
 NEBULA_MAX_BODY_BYTES = env.int("NEBULA_MAX_BODY_BYTES", 1_048_576, validate=lambda v: v > 0)
 NEBULA_MAX_MESSAGES = env.int("NEBULA_MAX_MESSAGES", 256, validate=lambda v: v > 0)
@@ -136,11 +138,13 @@ TEMPLATES = [
 
 # SQLite by default; DATABASE_URL switches to PostgreSQL (or anything dj-database-url reads).
 DATABASES = {
-    "default": env.dj_db_url(
-        "DATABASE_URL", f"sqlite:///{BASE_DIR / 'db.sqlite3'}", conn_max_age=60
-    )
+    "default": env.dj_db_url("DATABASE_URL", f"sqlite:///{BASE_DIR / 'db.sqlite3'}", conn_max_age=0)
 }
 _db = DATABASES["default"]
+# Under ASGI each sync request runs in a thread of its own, so a connection kept for reuse is
+# only ever reused by a thread that is gone: persistent connections would pile up, not help.
+# Async hot paths use their own small pool of threads instead (nebula_site.db).
+_db["CONN_MAX_AGE"] = env.int("CONN_MAX_AGE", 0)
 _db["CONN_HEALTH_CHECKS"] = True
 if _db["ENGINE"] == "django.db.backends.sqlite3":
     # Web processes and workers write concurrently: WAL lets readers proceed during a write, and

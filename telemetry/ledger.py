@@ -19,9 +19,9 @@ from typing import Any, TypedDict
 
 import orjson
 import redis
-from asgiref.sync import sync_to_async
 from django.db import DataError, IntegrityError, close_old_connections, transaction
 
+from nebula_site.db import run_db
 from nebula_site.redis_client import REDIS_ERRORS, get_async_redis, new_sync_connection
 
 logger = logging.getLogger(__name__)
@@ -124,16 +124,7 @@ async def usage_record(event: UsageEvent) -> None:
     try:
         await get_async_redis().xadd(STREAM, {"d": encode(event)})
     except REDIS_ERRORS:
-        await sync_to_async(usage_write_batch)([event])
-
-
-def usage_record_sync(event: UsageEvent) -> None:
-    from nebula_site.redis_client import get_redis
-
-    try:
-        get_redis().xadd(STREAM, {"d": encode(event)})
-    except REDIS_ERRORS:
-        usage_write_batch([event])
+        await run_db(usage_write_batch, [event])
 
 
 def _decode(fields: dict[bytes, bytes]) -> UsageEvent | None:
