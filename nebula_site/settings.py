@@ -15,13 +15,16 @@ from typing import Any
 
 import django_stubs_ext
 from django.core.exceptions import ImproperlyConfigured
-from environs import Env
+from environs import Env, validate
 
 django_stubs_ext.monkeypatch()
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 env = Env()
+# marshmallow validators raise on a bad value (a plain lambda returning False would not).
+POSITIVE = validate.Range(min=0, min_inclusive=False)
+NON_NEGATIVE = validate.Range(min=0)
 # A developer's `.env` (written by `bin/run` on first start) is read if present; real environment
 # variables win over it.
 env.read_env(env.str("NEBULA_ENV_FILE", str(BASE_DIR / ".env")), recurse=False)
@@ -43,7 +46,7 @@ ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", ["127.0.0.1", "localhost", "[::1]", "t
 CSRF_TRUSTED_ORIGINS: list[str] = env.list("CSRF_TRUSTED_ORIGINS", [])
 
 HOST = env.str("HOST", "127.0.0.1")
-PORT = env.int("PORT", 8000, validate=lambda p: 0 < p < 65536)
+PORT = env.int("PORT", 8000, validate=validate.Range(min=1, max=65535))
 
 NEBULA_VERSION = "0.1.0"
 NEBULA_STANDALONE = env.bool("NEBULA_STANDALONE", False)
@@ -51,29 +54,29 @@ REDIS_URL = env.str("REDIS_URL", "redis://127.0.0.1:6379/0")
 
 # --- Nebula behaviour -------------------------------------------------------------------------
 # Requests per minute for a new key when none is given.
-NEBULA_DEFAULT_RPM = env.int("NEBULA_DEFAULT_RPM", 10, validate=lambda v: v > 0)
+NEBULA_DEFAULT_RPM = env.int("NEBULA_DEFAULT_RPM", 10, validate=POSITIVE)
 # Multiplies every simulated GPU duration (model loading, prefill, decode). 0 = no waiting at all.
-NEBULA_SIM_TIME_SCALE = env.float("NEBULA_SIM_TIME_SCALE", 1.0, validate=lambda v: v >= 0)
+NEBULA_SIM_TIME_SCALE = env.float("NEBULA_SIM_TIME_SCALE", 1.0, validate=NON_NEGATIVE)
 # How long a request may wait for a worker and a GPU slot before it gets 503.
-NEBULA_QUEUE_TIMEOUT = env.float("NEBULA_QUEUE_TIMEOUT", 30.0, validate=lambda v: v > 0)
+NEBULA_QUEUE_TIMEOUT = env.float("NEBULA_QUEUE_TIMEOUT", 30.0, validate=POSITIVE)
 # A worker that has not reported for this long is considered dead.
-NEBULA_WORKER_TTL = env.float("NEBULA_WORKER_TTL", 5.0, validate=lambda v: v > 0)
-NEBULA_HEARTBEAT_INTERVAL = env.float("NEBULA_HEARTBEAT_INTERVAL", 1.0, validate=lambda v: v > 0)
+NEBULA_WORKER_TTL = env.float("NEBULA_WORKER_TTL", 5.0, validate=POSITIVE)
+NEBULA_HEARTBEAT_INTERVAL = env.float("NEBULA_HEARTBEAT_INTERVAL", 1.0, validate=POSITIVE)
 # Upper bound on how long a key or model change can go unnoticed by a web process if the change
 # notification could not reach Redis (normally changes are seen on the very next request).
-NEBULA_CACHE_TTL = env.float("NEBULA_CACHE_TTL", 60.0, validate=lambda v: v > 0)
+NEBULA_CACHE_TTL = env.float("NEBULA_CACHE_TTL", 60.0, validate=POSITIVE)
 # Threads that run simulated inference in one worker process (or in-process when standalone).
-NEBULA_WORKER_CONCURRENCY = env.int("NEBULA_WORKER_CONCURRENCY", 64, validate=lambda v: v > 0)
+NEBULA_WORKER_CONCURRENCY = env.int("NEBULA_WORKER_CONCURRENCY", 64, validate=POSITIVE)
 # Background duties of each worker process: moving usage records from Redis into the database,
 # and resending deployment work that got lost. Either can run elsewhere instead.
 NEBULA_WORKER_LEDGER = env.bool("NEBULA_WORKER_LEDGER", True)
 NEBULA_WORKER_RECONCILER = env.bool("NEBULA_WORKER_RECONCILER", True)
 # Threads (so database connections) per web process for database work from async code.
-NEBULA_DB_THREADS = env.int("NEBULA_DB_THREADS", 4, validate=lambda v: v > 0)
+NEBULA_DB_THREADS = env.int("NEBULA_DB_THREADS", 4, validate=POSITIVE)
 # Request size limits for /v1/chat/completions.
-NEBULA_MAX_BODY_BYTES = env.int("NEBULA_MAX_BODY_BYTES", 1_048_576, validate=lambda v: v > 0)
-NEBULA_MAX_MESSAGES = env.int("NEBULA_MAX_MESSAGES", 256, validate=lambda v: v > 0)
-NEBULA_MAX_MESSAGE_CHARS = env.int("NEBULA_MAX_MESSAGE_CHARS", 200_000, validate=lambda v: v > 0)
+NEBULA_MAX_BODY_BYTES = env.int("NEBULA_MAX_BODY_BYTES", 1_048_576, validate=POSITIVE)
+NEBULA_MAX_MESSAGES = env.int("NEBULA_MAX_MESSAGES", 256, validate=POSITIVE)
+NEBULA_MAX_MESSAGE_CHARS = env.int("NEBULA_MAX_MESSAGE_CHARS", 200_000, validate=POSITIVE)
 # The benchmark's trivial baseline view (/bench/baseline); off unless `make bench` turns it on.
 NEBULA_BENCH_BASELINE = env.bool("NEBULA_BENCH_BASELINE", False)
 # Where `bin/run` seeds the demo operator and user.
@@ -289,7 +292,7 @@ SPECTACULAR_SETTINGS = {
 
 # --- Logging ------------------------------------------------------------------------------------
 LOG_LEVEL = env.str("LOG_LEVEL", "INFO")
-LOG_FORMAT = env.str("LOG_FORMAT", "text", validate=lambda v: v in {"text", "json"})
+LOG_FORMAT = env.str("LOG_FORMAT", "text", validate=validate.OneOf(["text", "json"]))
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
