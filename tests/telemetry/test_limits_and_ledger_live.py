@@ -172,3 +172,28 @@ def test_prometheus_aggregates_every_process(live, operator, make_key, ready_mod
     )["data"][0]["prefix"]
     assert f'nebula:requests_total{{key_prefix="{prefix}",status="200"}}' in samples
     assert admin_secret not in text
+
+
+def test_a_token_limit_is_enforced_with_its_headers(live, alice, make_key, ready_model):
+    ready_model()
+    _, secret = make_key(alice, rpm_limit=100, tpm_limit=250)
+    headers = {"Authorization": f"Bearer {secret}"}
+    body = {**BODY, "max_tokens": 100, "ignore_eos": True}
+    url = live.url + "/v1/chat/completions"
+
+    first = httpx.post(url, json=body, headers=headers, timeout=30)
+    assert first.status_code == 200
+    assert first.headers["x-ratelimit-limit-tokens"] == "250"
+    used = first.json()["usage"]["total_tokens"]
+    assert int(first.headers["x-ratelimit-remaining-tokens"]) == 250 - used
+
+    second = httpx.post(url, json=body, headers=headers, timeout=30)
+    assert second.status_code == 200  # two requests of ~110 tokens fit in 250 a minute
+    third = httpx.post(url, json=body, headers=headers, timeout=30)
+    assert third.status_code == 429
+    assert third.headers["x-ratelimit-remaining-tokens"] != "250"
+    assert int(third.headers["Retry-After"]) >= 1
+
+    too_big = httpx.post(url, json={**body, "max_tokens": 1000}, headers=headers, timeout=30)
+    assert too_big.status_code == 429
+    assert too_big.json()["error"]["code"] == "tokens_exceeded"
