@@ -237,6 +237,8 @@ SESSION_ENGINE = "django.contrib.sessions.backends.db"
 
 # --- Celery -------------------------------------------------------------------------------------
 CELERY_BROKER_URL = REDIS_URL
+# kombu's Redis transport with one Redis client per channel instead of one per message.
+CELERY_BROKER_TRANSPORT = "nebula_site.broker:Transport"
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_RESULT_BACKEND = None
 CELERY_TASK_SERIALIZER = "json"
