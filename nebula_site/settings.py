@@ -309,5 +309,10 @@ LOGGING = {
     "loggers": {
         "django.db.backends": {"level": "INFO"},
         "axes": {"level": "WARNING"},
+        # Celery's "Task ... received" and "... succeeded" lines, one pair per completion:
+        # noise at hundreds of requests a second, and the usage ledger records every request.
+        # Failures are still logged (at ERROR).
+        "celery.worker.strategy": {"level": "WARNING"},
+        "celery.app.trace": {"level": "WARNING"},
     },
 }
