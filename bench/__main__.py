@@ -28,7 +28,7 @@ from bench.sse import check_stream
 from bench.stack import ROOT, Stack, allowed_cpus, cpu_seconds, free_port, pinning, rss_kib
 from bench.stats import growth, ratio, summarize
 from bench.streams import Client, StreamResult, request
-from bench.wrk import WrkResult, lua_script, run_wrk
+from bench.wrk import lua_script, run_wrk
 
 RESULTS = ROOT / "bench" / "results"
 MODEL = "bench-7b"
@@ -80,7 +80,6 @@ def configure(redis_url: str, database: Path) -> dict[str, str]:
         "NEBULA_SIM_TIME_SCALE": "0",
         "NEBULA_BENCH_BASELINE": "true",
         "NEBULA_STANDALONE": "false",
-        "LOG_LEVEL": "WARNING",
         "PYTHONUNBUFFERED": "1",
     }
     os.environ.update(env)
@@ -122,27 +121,28 @@ def prepare_data() -> tuple[int, str]:
 
 def wrk_pair(
     stack: Stack, secret: str, *, connections: int, seconds: float, cpus: str | None
-) -> tuple[WrkResult, WrkResult]:
+) -> dict[str, Any]:
     """The baseline and the completion endpoint under the same load, back to back. Both get the
-    same POST body and headers, so the difference is what Nebula does with them."""
+    same POST body and headers, so the difference is what Nebula does with them. Next to each
+    wrk summary: CPU milliseconds per request of each server process, which drifts far less
+    than latency when the machine is shared."""
     body = json.dumps(completion_body())
     headers = {"Content-Type": "application/json", "Authorization": f"Bearer {secret}"}
     script = lua_script(method="POST", headers=headers, body=body)
-    base = run_wrk(
-        stack.url + "/bench/baseline",
-        connections=connections,
-        seconds=seconds,
-        script=script,
-        cpus=cpus,
-    )
-    nebula = run_wrk(
-        stack.url + "/v1/chat/completions",
-        connections=connections,
-        seconds=seconds,
-        script=script,
-        cpus=cpus,
-    )
-    return base, nebula
+    out: dict[str, Any] = {}
+    for name, path in (("baseline", "/bench/baseline"), ("nebula", "/v1/chat/completions")):
+        before = {proc.name: cpu_seconds(proc.pid) for proc in stack.procs}
+        result = run_wrk(
+            stack.url + path, connections=connections, seconds=seconds, script=script, cpus=cpus
+        )
+        out[name] = result.as_dict()
+        out[name]["cpu_ms_per_request"] = {
+            proc.name: round(
+                (cpu_seconds(proc.pid) - before[proc.name]) * 1000 / max(result.requests, 1), 3
+            )
+            for proc in stack.procs
+        }
+    return out
 
 
 async def streaming(
@@ -284,6 +284,11 @@ def rows_c50(s2: dict[str, Any]) -> list[Row]:
             f"{share * 100:.1f}%", "≥ 35%", share >= 0.35),
         Row("2. c=50 latency p50 / p99 (ms)", f"{fmt(b['p50_ms'])} / {fmt(b['p99_ms'])}",
             f"{fmt(n['p50_ms'])} / {fmt(n['p99_ms'])}"),
+        Row("2. c=50 CPU per request, web + worker (ms)",
+            f"{fmt(b['cpu_ms_per_request']['web'], 3)} + "
+            f"{fmt(b['cpu_ms_per_request']['worker'], 3)}",
+            f"{fmt(n['cpu_ms_per_request']['web'], 3)} + "
+            f"{fmt(n['cpu_ms_per_request']['worker'], 3)}"),
         Row("2. c=50 failed requests", str(b["errors"]), str(n["errors"]), "", "0",
             n["errors"] == 0 and b["errors"] == 0),
     ]  # fmt: skip
@@ -397,23 +402,14 @@ def main(argv: list[str] | None = None) -> int:
         wrk_pair(stack, secret, connections=50, seconds=3, cpus=load_cpus)
         if "1" in only:
             say("1. non-streaming, concurrency 1")
-            base, nebula = wrk_pair(
+            results["c1"] = wrk_pair(
                 stack, secret, connections=1, seconds=args.seconds, cpus=load_cpus
             )
-            results["c1"] = {"baseline": base.as_dict(), "nebula": nebula.as_dict()}
         if "2" in only:
             say("2. non-streaming, concurrency 50")
-            cpu0 = {p.name: cpu_seconds(p.pid) for p in stack.procs}
-            base, nebula = wrk_pair(
+            results["c50"] = wrk_pair(
                 stack, secret, connections=50, seconds=args.seconds, cpus=load_cpus
             )
-            cpu1 = {p.name: cpu_seconds(p.pid) for p in stack.procs}
-            results["c50"] = {
-                "baseline": base.as_dict(),
-                "nebula": nebula.as_dict(),
-                # Both runs together: what each server process spent, in CPU seconds.
-                "cpu_seconds": {name: round(cpu1[name] - cpu0[name], 2) for name in cpu0},
-            }
         if "3" in only:
             say(f"3. {args.rounds} x {args.streams} concurrent streams of {STREAM_TOKENS} tokens")
             results["streaming"] = asyncio.run(
