@@ -119,9 +119,10 @@ class JobRun:
 
     # --- the job -------------------------------------------------------------------------------
     def wait_for_slot(self) -> int:
-        """Claim the job and wait first come, first served for a GPU slot; the start message
-        goes out in the same script that takes the slot. Returns a `slot_acquire` outcome
-        other than SLOT_WAIT."""
+        """Claim the job and wait first come, first served for a GPU slot; a streaming job's
+        start message goes out in the same script that takes the slot (a non-streaming job's
+        web process only waits for the result, so it gets none). Returns a `slot_acquire`
+        outcome other than SLOT_WAIT."""
         job, model = self.job, self.job["model"]
         arrival_ms = int(job["enqueued_at"] * 1000)
         pause = _POLL_MIN
@@ -145,7 +146,7 @@ class JobRun:
                 claim=claim,
                 job_ttl=JOB_TTL_SECONDS,
                 reply_to=job["reply_to"],
-                start_message=orjson.dumps(start),
+                start_message=orjson.dumps(start) if job["stream"] else b"",
             )
             if got != SLOT_WAIT:
                 return got
