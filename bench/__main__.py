@@ -409,7 +409,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=10.0, help="per side (scenarios 1, 2)")
     parser.add_argument("--streams", type=int, default=100, help="concurrent streams (3)")
     parser.add_argument("--rounds", type=int, default=5, help="rounds of streams (3)")
-    parser.add_argument("--probes", type=int, default=30, help="single streams (3)")
+    parser.add_argument("--probes", type=int, default=100, help="single streams (3)")
     parser.add_argument("--requests", type=int, default=20_000, help="memory scenario (5)")
     parser.add_argument("--only", default="1,2,3,4,5", help="scenarios to run, e.g. 1,2")
     parser.add_argument("--keep", action="store_true", help="keep the database and server logs")
