@@ -43,9 +43,11 @@ browser-deps:
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null \
 	  || { echo "could not install chromium: run 'sudo apt-get install chromium'"; exit 1; }; }
 
+## make bench: start daphne + a Celery worker from this checkout (Redis database 12, emptied
+## first), measure them against a trivial view, print the table (docs/BENCHMARKS.md).
 bench: setup
 	@command -v wrk >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk) >/dev/null
-	$(PY) -m bench
+	$(PY) -m bench $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache staticfiles

@@ -164,15 +164,8 @@ def celery_message(payload: JobPayload) -> bytes:
 
 # --- State transitions ---------------------------------------------------------------------------
 
-# Worker: take a delivered job. ARGV: worker id, ttl. Returns 1 if this worker now owns it.
-CLAIM = LuaScript(
-    """
-if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-redis.call('HSET', KEYS[1], 'state', 'waiting', 'worker', ARGV[1])
-redis.call('EXPIRE', KEYS[1], ARGV[2])
-return 1
-"""
-)
+# Worker: taking a delivered job (the `claim` of the diagram above) is part of the script that
+# takes its GPU slot: see `inference.slots.slot_acquire`.
 
 # Web: give up on a job nobody started in time. Returns 1 if the web process now owns it.
 ABANDON = LuaScript(

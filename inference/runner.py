@@ -13,7 +13,6 @@ from django.conf import settings
 
 from inference.engine import Generation, GenerationRequest, HardwareSpec
 from inference.jobs import (
-    CLAIM,
     FINISH,
     JOB_TTL_SECONDS,
     PUBLISH,
@@ -24,7 +23,14 @@ from inference.jobs import (
     StartMessage,
     job_key,
 )
-from inference.slots import slot_acquire, slots_key
+from inference.slots import (
+    ALREADY_CLAIMED,
+    JOB_GONE,
+    NO_LISTENER,
+    SLOT_WAIT,
+    slot_acquire,
+    slots_key,
+)
 from inference.workers import WorkerRuntime
 from keys.ratelimit import tpm_settle
 from nebula_site.redis_client import REDIS_ERRORS, get_redis
@@ -89,7 +95,7 @@ class JobRun:
         self.generation: Generation | None = None
 
     # --- messages ------------------------------------------------------------------------------
-    def publish(self, message: StartMessage | DeltaMessage) -> None:
+    def publish(self, message: DeltaMessage) -> None:
         delivered = PUBLISH(
             self.client,
             [self.key],
@@ -112,24 +118,39 @@ class JobRun:
                 self.still_running()
 
     # --- the job -------------------------------------------------------------------------------
-    def wait_for_slot(self) -> bool:
-        model = self.job["model"]
-        arrival_ms = int(self.job["enqueued_at"] * 1000)
+    def wait_for_slot(self) -> int:
+        """Claim the job and wait first come, first served for a GPU slot; a streaming job's
+        start message goes out in the same script that takes the slot (a non-streaming job's
+        web process only waits for the result, so it gets none). Returns a `slot_acquire`
+        outcome other than SLOT_WAIT."""
+        job, model = self.job, self.job["model"]
+        arrival_ms = int(job["enqueued_at"] * 1000)
         pause = _POLL_MIN
+        claim = True
         while True:
+            self.queue_ms = (time.time() - job["enqueued_at"]) * 1000
+            start: StartMessage = {
+                "r": job["id"],
+                "t": "start",
+                "queue_ms": self.queue_ms,
+                "worker": self.worker.id,
+            }
             got = slot_acquire(
                 self.client,
                 model=model["name"],
-                request_id=self.job["id"],
+                request_id=job["id"],
                 job_key=self.key,
                 capacity=model["capacity"],
                 worker_id=self.worker.id,
                 arrival_ms=arrival_ms,
+                claim=claim,
+                job_ttl=JOB_TTL_SECONDS,
+                reply_to=job["reply_to"],
+                start_message=orjson.dumps(start) if job["stream"] else b"",
             )
-            if got == 1:
-                return True
-            if got == -1:
-                return False  # abandoned or cancelled while waiting: the web process records it
+            if got != SLOT_WAIT:
+                return got
+            claim = False
             time.sleep(pause)
             pause = min(pause * 2, _POLL_MAX)
 
@@ -261,22 +282,17 @@ def completion_execute(job: JobPayload, worker: WorkerRuntime) -> None:
     """Run one job to its end. Safe to call twice for the same job: the second call does nothing."""
     client = get_redis()
     run = JobRun(job, worker, client)
-    if not CLAIM(client, [run.key], [worker.id, JOB_TTL_SECONDS]):
+    got = run.wait_for_slot()
+    if got == ALREADY_CLAIMED:
         logger.info("job %s was already claimed; dropping duplicate delivery", job["id"])
         return
-    if not run.wait_for_slot():
-        return
+    if got == JOB_GONE:
+        return  # abandoned or cancelled while waiting: the web process records it
     model = job["model"]["name"]
     with worker.holding_slot(model, job["id"]):
-        run.queue_ms = (time.time() - job["enqueued_at"]) * 1000
         try:
-            start: StartMessage = {
-                "r": job["id"],
-                "t": "start",
-                "queue_ms": run.queue_ms,
-                "worker": worker.id,
-            }
-            run.publish(start)
+            if got == NO_LISTENER:
+                raise JobGone
             generation = run.generate()
         except JobGone:
             tokens = run.generation.completion_tokens if run.generation else 0
@@ -320,7 +336,7 @@ def completion_execute(job: JobPayload, worker: WorkerRuntime) -> None:
             },
             "finish": reasons,
             "ttft_ms": run.ttft_ms or 0.0,
-            "queue_ms": run.queue_ms,
+            "queue_ms": run.queue_ms or 0.0,
         }
         if not job["stream"]:
             done["texts"] = generation.texts()

@@ -444,13 +444,19 @@ class Completion:
         `ticks`, also a `tick` now and then while nothing happens (for keep-alives)."""
         while not self.finished:
             message = await self._next(ticks=ticks)
-            if message["t"] in ("done", "error"):
+            kind = message["t"]
+            if kind == "start":
+                self.started = True
+                self.queue_ms = message["queue_ms"]
+                continue
+            if kind in ("done", "error"):
                 self.finished = True
-            if message["t"] != "start":
-                yield message
+            yield message
 
     async def result(self) -> DoneMessage:
-        await self.wait_started()
+        """The answer of a non-streaming job. Its worker sends no start message: nothing reaches
+        the client before the end, and it halves what the reply hub parses per request (see
+        docs/BENCHMARKS.md). The first message is the result or an error."""
         async for message in self.events():
             if message["t"] == "done":
                 return message  # type: ignore[return-value]

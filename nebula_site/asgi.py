@@ -16,6 +16,7 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 from django.conf import settings  # noqa: E402
 
+from nebula_site.heap import freeze_startup_heap  # noqa: E402
 from nebula_site.middleware import ApiASGIHandler  # noqa: E402
 from nebula_site.routing import websocket_urlpatterns  # noqa: E402
 
@@ -43,3 +44,6 @@ if settings.NEBULA_STANDALONE:
 
     start_worker_runtime()
     LocalQueueConsumer().start()
+
+# Startup is over: keep the collector off everything built so far (see nebula_site.heap).
+freeze_startup_heap()

@@ -245,6 +245,8 @@ SESSION_ENGINE = "django.contrib.sessions.backends.db"
 
 # --- Celery -------------------------------------------------------------------------------------
 CELERY_BROKER_URL = REDIS_URL
+# kombu's Redis transport with one Redis client per channel instead of one per message.
+CELERY_BROKER_TRANSPORT = "nebula_site.broker:Transport"
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_RESULT_BACKEND = None
 CELERY_TASK_SERIALIZER = "json"
@@ -315,5 +317,10 @@ LOGGING = {
     "loggers": {
         "django.db.backends": {"level": "INFO"},
         "axes": {"level": "WARNING"},
+        # Celery's "Task ... received" and "... succeeded" lines, one pair per completion:
+        # noise at hundreds of requests a second, and the usage ledger records every request.
+        # Failures are still logged (at ERROR).
+        "celery.worker.strategy": {"level": "WARNING"},
+        "celery.app.trace": {"level": "WARNING"},
     },
 }

@@ -34,6 +34,11 @@ DEAD_LETTERS = "nebula:usage:dead"
 ITL_BUCKETS_MS = (10, 25, 50, 75, 100, 150, 200, 300, 400, 500, 750, 1000, 2500)
 _BATCH = 500
 _CLAIM_IDLE_MS = 30_000
+# After a batch smaller than _BATCH, wait this long before reading again, so records reach the
+# database in batches of a quarter second's worth. One transaction (and one Prometheus update)
+# per request cost a worker more CPU than running the requests did at a few hundred a second
+# (`make bench`, docs/BENCHMARKS.md); a record is at most this much later in the database.
+_LINGER_SECONDS = 0.25
 
 
 class UsageEvent(TypedDict):
@@ -237,7 +242,8 @@ class LedgerConsumer:
             try:
                 self.ensure_group()
                 while not self.stop.is_set():
-                    self.drain_once(block_ms=1000)
+                    if 0 < self.drain_once(block_ms=1000) < _BATCH:
+                        self.stop.wait(_LINGER_SECONDS)
             except REDIS_ERRORS:
                 logger.warning("usage ledger lost Redis; retrying in 1 s")
                 self._client = None

@@ -92,6 +92,18 @@ def test_a_streaming_job_sends_start_deltas_and_done_in_order(settings, worker, 
     assert usage["completion_tokens"] == count_tokens(streamed) <= 100
 
 
+def test_a_non_streaming_job_sends_only_its_result(settings, worker, listener):
+    settings.NEBULA_SIM_TIME_SCALE = 0
+    job = make_job(reply_to=listener.channel, max_tokens=30, stream=False)
+    completion_execute(job, worker)
+    time.sleep(0.2)
+    (done,) = listener.of(job["id"])
+    assert done["t"] == "done"
+    assert done["usage"]["completion_tokens"] == count_tokens(done["texts"][0]) <= 30
+    (event,) = usage_events(job["id"])
+    assert event["status"] == 200
+
+
 def test_a_job_delivered_twice_runs_once_and_is_recorded_once(settings, worker, listener):
     settings.NEBULA_SIM_TIME_SCALE = 0
     job = make_job(reply_to=listener.channel)

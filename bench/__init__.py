@@ -1,0 +1,1 @@
+"""Nebula's benchmark: `python -m bench` (see docs/BENCHMARKS.md)."""

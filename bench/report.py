@@ -1,0 +1,63 @@
+"""The results table: rows of (figure, baseline, Nebula, comparison, target, met), printed as
+text and kept in the JSON next to the raw numbers."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+
+@dataclass(frozen=True)
+class Row:
+    figure: str
+    baseline: str = ""
+    nebula: str = ""
+    comparison: str = ""
+    target: str = ""
+    met: bool | None = None  # None: no target
+
+    def as_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def fmt(value: float | None, digits: int = 2) -> str:
+    if value is None:
+        return "n/a"
+    return f"{value:,.{digits}f}"
+
+
+def render(rows: list[Row], header: list[str]) -> str:
+    columns = ["Figure", "Baseline", "Nebula", "Nebula vs baseline", "Target", "Met"]
+    cells = [
+        [
+            row.figure,
+            row.baseline,
+            row.nebula,
+            row.comparison,
+            row.target,
+            "" if row.met is None else ("yes" if row.met else "NO"),
+        ]
+        for row in rows
+    ]
+    widths = [max(len(text) for text in column) for column in zip(columns, *cells, strict=False)]
+
+    def line(values: list[str]) -> str:
+        return "  ".join(value.ljust(width) for value, width in zip(values, widths, strict=True))
+
+    out = [*header, "", line(columns), line(["-" * width for width in widths])]
+    out += [line(values) for values in cells]
+    return "\n".join(out)
+
+
+def markdown(rows: list[Row]) -> str:
+    """The same table for docs/BENCHMARKS.md."""
+    out = [
+        "| Figure | Baseline | Nebula | Nebula vs baseline | Target | Met |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        met = "" if row.met is None else ("yes" if row.met else "**no**")
+        out.append(
+            f"| {row.figure} | {row.baseline} | {row.nebula} | {row.comparison} | {row.target} "
+            f"| {met} |"
+        )
+    return "\n".join(out)

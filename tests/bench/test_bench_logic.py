@@ -1,0 +1,144 @@
+"""The benchmark's own arithmetic and parsing: if these break, its table silently lies."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from bench.http1 import ChunkedDecoder
+from bench.sse import DONE, SSEParser, check_stream
+from bench.stats import growth, percentile, ratio, summarize
+from bench.wrk import lua_script, parse_output
+from inference.engine import count_tokens
+
+
+def test_percentile_interpolates_between_closest_ranks() -> None:
+    assert percentile([4, 1, 3, 2], 50) == 2.5
+    assert percentile([1, 2, 3, 4, 5], 0) == 1
+    assert percentile([1, 2, 3, 4, 5], 100) == 5
+    assert percentile(list(range(1, 101)), 99) == pytest.approx(99.01)
+
+
+def test_percentile_refuses_an_empty_sample() -> None:
+    with pytest.raises(ValueError, match="empty"):
+        percentile([], 50)
+
+
+def test_summary_ratio_and_growth() -> None:
+    summary = summarize([1.0, 2.0, 3.0])
+    assert summary["n"] == 3
+    assert summary["p50"] == 2.0
+    assert summary["max"] == 3.0
+    assert summarize([]) == {"n": 0}
+    assert ratio(35, 100) == 0.35
+    assert ratio(1, 0) is None
+    assert ratio(None, 1) is None
+    assert growth(100, 110) == pytest.approx(0.10)
+
+
+def _chunk(content: str | None = None, *, role: bool = False, finish: str | None = None) -> str:
+    delta: dict[str, object] = {}
+    if role:
+        delta = {"role": "assistant", "content": ""}
+    elif content is not None:
+        delta = {"content": content}
+    choice = {"index": 0, "delta": delta, "finish_reason": finish}
+    return json.dumps({"id": "chatcmpl-1", "choices": [choice], "usage": None})
+
+
+def _usage(tokens: int) -> str:
+    return json.dumps({"id": "chatcmpl-1", "choices": [], "usage": {"completion_tokens": tokens}})
+
+
+def _stream(text_parts: list[str]) -> list[str]:
+    text = "".join(text_parts)
+    return [
+        _chunk(role=True),
+        *(_chunk(part) for part in text_parts),
+        _chunk(finish="length"),
+        _usage(count_tokens(text)),
+        DONE,
+    ]
+
+
+def test_a_whole_stream_passes() -> None:
+    parts = ["Happy to", " help with", " benchmarks."]
+    check = check_stream(
+        _stream(parts),
+        count_tokens=count_tokens,
+        expected_text="".join(parts),
+        expected_finish="length",
+    )
+    assert check.ok, check.problems
+    assert check.text == "Happy to help with benchmarks."
+
+
+def test_a_lost_token_is_caught_even_when_usage_agrees() -> None:
+    events = _stream(["Happy to", " benchmarks."])  # " help with" never arrived
+    check = check_stream(
+        events, count_tokens=count_tokens, expected_text="Happy to help with benchmarks."
+    )
+    assert not check.ok
+    assert any("differs" in problem for problem in check.problems)
+
+
+def test_reordered_tokens_are_caught() -> None:
+    events = _stream([" help with", "Happy to", " benchmarks."])
+    check = check_stream(
+        events, count_tokens=count_tokens, expected_text="Happy to help with benchmarks."
+    )
+    assert any("differs" in problem for problem in check.problems)
+
+
+def test_usage_that_disagrees_with_the_text_is_caught() -> None:
+    events = _stream(["Happy to help."])
+    events[-2] = _usage(99)
+    check = check_stream(events, count_tokens=count_tokens)
+    assert any("usage says 99" in problem for problem in check.problems)
+
+
+def test_a_stream_without_done_or_finish_is_caught() -> None:
+    check = check_stream([_chunk(role=True), _chunk("Hi")], count_tokens=count_tokens)
+    assert "the stream does not end with [DONE]" in check.problems
+    assert "no finish chunk" in check.problems
+    assert "no usage chunk" in check.problems
+
+
+def test_sse_parser_handles_any_split_and_skips_comments() -> None:
+    raw = b': keep-alive\n\ndata: {"a": "\xc3\xa9"}\n\ndata: [DONE]\n\n'
+    for cut in range(len(raw)):
+        parser = SSEParser()
+        events = parser.feed(raw[:cut]) + parser.feed(raw[cut:])
+        assert events == ['{"a": "é"}', "[DONE]"], cut
+
+
+def test_chunked_decoder_handles_any_split() -> None:
+    raw = b"5\r\nhello\r\n7;ext=1\r\n, world\r\n0\r\n\r\n"
+    for cut in range(len(raw)):
+        decoder = ChunkedDecoder()
+        body = decoder.feed(raw[:cut]) + decoder.feed(raw[cut:])
+        assert body == b"hello, world", cut
+        assert decoder.done
+
+
+def test_wrk_summary_is_read_from_the_scripts_json_line() -> None:
+    output = (
+        "Running 10s test @ http://127.0.0.1:8200/bench/baseline\n"
+        'WRK_JSON {"requests":5000,"duration_us":10000000,"bytes":1,"mean_us":2000.0,'
+        '"max_us":9000,"connect":0,"read":1,"write":0,"status":2,"timeout":0,'
+        '"percentiles_us":{"50":1500.0,"90":2500.0,"99":8000.0,"99.9":8900.0}}\n'
+    )
+    result = parse_output(output)
+    assert result.rps == 500
+    assert result.errors == 3
+    assert result.p50_ms == 1.5
+    assert result.p99_ms == 8.0
+
+
+def test_wrk_script_carries_method_headers_and_body() -> None:
+    script = lua_script(method="POST", headers={"Authorization": "Bearer x"}, body='{"a":1}')
+    assert 'wrk.method = "POST"' in script
+    assert 'wrk.headers["Authorization"] = "Bearer x"' in script
+    assert 'wrk.body = "{\\"a\\":1}"' in script
+    assert "done = function" in script
