@@ -274,6 +274,8 @@ SPECTACULAR_SETTINGS = {
     "TITLE": "Nebula API",
     "DESCRIPTION": "API keys, model deployments, usage metrics and an OpenAI-compatible API.",
     "VERSION": NEBULA_VERSION,
+    # 3.1: the chat request's schema comes straight from its pydantic model (JSON Schema).
+    "OAS_VERSION": "3.1.0",
     "SERVE_INCLUDE_SCHEMA": False,
     "COMPONENT_SPLIT_REQUEST": True,
     "POSTPROCESSING_HOOKS": [
