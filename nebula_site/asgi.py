@@ -16,9 +16,11 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 from django.conf import settings  # noqa: E402
 
+from nebula_site.http_server import harden_daphne  # noqa: E402
 from nebula_site.middleware import ApiASGIHandler  # noqa: E402
 from nebula_site.routing import websocket_urlpatterns  # noqa: E402
 
+harden_daphne()  # daphne imports this module before it starts listening
 api_app = ApiASGIHandler()
 _LEAN_PREFIXES = ("/v1/", "/bench/")
 
