@@ -72,6 +72,8 @@ NEBULA_WORKER_RECONCILER = env.bool("NEBULA_WORKER_RECONCILER", True)
 NEBULA_MAX_BODY_BYTES = env.int("NEBULA_MAX_BODY_BYTES", 1_048_576, validate=lambda v: v > 0)
 NEBULA_MAX_MESSAGES = env.int("NEBULA_MAX_MESSAGES", 256, validate=lambda v: v > 0)
 NEBULA_MAX_MESSAGE_CHARS = env.int("NEBULA_MAX_MESSAGE_CHARS", 200_000, validate=lambda v: v > 0)
+# One body limit for every endpoint (daphne enforces it as bytes arrive: nebula_site.http_server).
+DATA_UPLOAD_MAX_MEMORY_SIZE = NEBULA_MAX_BODY_BYTES
 # The benchmark's trivial baseline view (/bench/baseline); off unless `make bench` turns it on.
 NEBULA_BENCH_BASELINE = env.bool("NEBULA_BENCH_BASELINE", False)
 # Where `bin/run` seeds the demo operator and user.
@@ -265,7 +267,7 @@ REST_FRAMEWORK = {
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
-    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_PARSER_CLASSES": ["nebula_site.parsers.JSONParser"],
     "EXCEPTION_HANDLER": "nebula_site.errors.drf_exception_handler",
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",

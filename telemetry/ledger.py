@@ -84,7 +84,8 @@ def usage_event(
         "request_id": request_id,
         "key_id": key_id,
         "key_prefix": key_prefix,
-        "model": model[:256],
+        # Whatever the client sent as the model name; PostgreSQL refuses NUL in text.
+        "model": model.replace("\x00", "")[:256],
         "endpoint": endpoint,
         "client": client,
         "worker": worker,
