@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from dataclasses import dataclass, field
 
 import orjson
@@ -79,6 +80,10 @@ class JobRun:
     def __init__(self, job: JobPayload, worker: WorkerRuntime, client: redis.Redis) -> None:
         self.job = job
         self.worker = worker
+        # Who owns the job in Redis: this run, not just this worker process. Should the web
+        # process give the job up for dead and resend it, a thread of the same worker may take
+        # the new attempt; the old thread must then find the job no longer its own.
+        self.owner = f"{worker.id}/{uuid.uuid4().hex[:8]}"
         self.client = client
         self.key = job_key(job["id"])
         self.seq = 0
@@ -93,14 +98,14 @@ class JobRun:
         delivered = PUBLISH(
             self.client,
             [self.key],
-            [self.job["reply_to"], orjson.dumps(message), self.worker.id],
+            [self.job["reply_to"], orjson.dumps(message), self.owner],
         )
         if int(delivered) <= 0:
             raise JobGone
 
     def still_running(self) -> None:
         state, owner = self.client.hmget(self.key, ["state", "worker"])
-        if state != b"running" or owner != self.worker.id.encode():
+        if state != b"running" or owner != self.owner.encode():
             raise JobGone
 
     def sleep(self, seconds: float, *, check: bool) -> None:
@@ -123,7 +128,7 @@ class JobRun:
                 request_id=self.job["id"],
                 job_key=self.key,
                 capacity=model["capacity"],
-                worker_id=self.worker.id,
+                worker_id=self.owner,
                 arrival_ms=arrival_ms,
             )
             if got == 1:
@@ -238,7 +243,7 @@ class JobRun:
             self.client,
             [self.key, slots_key(job["model"]["name"]), STREAM],
             [
-                self.worker.id,
+                self.owner,
                 job["id"],
                 state,
                 encode(event),
@@ -261,7 +266,7 @@ def completion_execute(job: JobPayload, worker: WorkerRuntime) -> None:
     """Run one job to its end. Safe to call twice for the same job: the second call does nothing."""
     client = get_redis()
     run = JobRun(job, worker, client)
-    if not CLAIM(client, [run.key], [worker.id, JOB_TTL_SECONDS]):
+    if not CLAIM(client, [run.key], [run.owner, JOB_TTL_SECONDS]):
         logger.info("job %s was already claimed; dropping duplicate delivery", job["id"])
         return
     if not run.wait_for_slot():

@@ -36,6 +36,7 @@ from inference.jobs import (
     job_key,
 )
 from inference.schemas import ChatCompletionRequest
+from inference.slots import slots_key
 from inference.workers import WORKERS_KEY
 from keys.auth import INVALID_KEY_MESSAGE, KeyInfo, key_info_for_id, key_info_for_secret
 from keys.ratelimit import Admission, admit
@@ -464,8 +465,12 @@ class Completion:
         try:
             state_b, worker_b, alive, live = await INSPECT.acall(
                 client,
-                [job_key(self.ctx.request_id), WORKERS_KEY],
-                [int(settings.NEBULA_WORKER_TTL * 1000)],
+                [
+                    job_key(self.ctx.request_id),
+                    WORKERS_KEY,
+                    slots_key(self.payload["model"]["name"]),
+                ],
+                [int(settings.NEBULA_WORKER_TTL * 1000), self.ctx.request_id],
             )
         except REDIS_ERRORS:
             if time.time() > self.deadline and not self.started:
