@@ -239,6 +239,8 @@ SESSION_ENGINE = "django.contrib.sessions.backends.db"
 
 # --- Celery -------------------------------------------------------------------------------------
 CELERY_BROKER_URL = REDIS_URL
+# kombu's Redis transport, minus a crash on losing Redis mid-job (see nebula_site.broker).
+CELERY_BROKER_TRANSPORT = "nebula_site.broker:Transport"
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_RESULT_BACKEND = None
 CELERY_TASK_SERIALIZER = "json"
