@@ -406,6 +406,7 @@ class Completion:
         self.queue_ms: float | None = None
         self._seq = 0
         self._last_activity = time.monotonic()
+        self._redis_lost_at: float | None = None
 
     # --- reading replies ------------------------------------------------------------------
     async def _next(self, *, ticks: bool = False) -> dict[str, Any]:
@@ -462,6 +463,7 @@ class Completion:
     # --- failure handling -----------------------------------------------------------------
     async def _watchdog(self) -> None:
         client = get_async_redis()
+        asked = time.monotonic()
         try:
             state_b, worker_b, alive, live = await INSPECT.acall(
                 client,
@@ -473,9 +475,15 @@ class Completion:
                 [int(settings.NEBULA_WORKER_TTL * 1000), self.ctx.request_id],
             )
         except REDIS_ERRORS:
-            if time.time() > self.deadline and not self.started:
+            # Without Redis no token can come, started or not: after as long as a silent worker
+            # is given, give up rather than keep the client waiting for as long as Redis is out.
+            self._redis_lost_at = self._redis_lost_at or asked
+            if time.monotonic() - self._redis_lost_at >= settings.NEBULA_WORKER_TTL or (
+                time.time() > self.deadline and not self.started
+            ):
                 await self._fail("Lost contact with Redis.", code="redis_unavailable")
             return
+        self._redis_lost_at = None
         state, worker = state_b.decode(), worker_b.decode()
         overdue = time.time() > self.deadline
         if state in ("waiting", "running") and not alive:

@@ -59,6 +59,8 @@ NEBULA_QUEUE_TIMEOUT = env.float("NEBULA_QUEUE_TIMEOUT", 30.0, validate=lambda v
 # A worker that has not reported for this long is considered dead.
 NEBULA_WORKER_TTL = env.float("NEBULA_WORKER_TTL", 5.0, validate=lambda v: v > 0)
 NEBULA_HEARTBEAT_INTERVAL = env.float("NEBULA_HEARTBEAT_INTERVAL", 1.0, validate=lambda v: v > 0)
+# Seconds a Redis command may take before Redis counts as down (the API then answers 503).
+NEBULA_REDIS_TIMEOUT = env.float("NEBULA_REDIS_TIMEOUT", 2.0, validate=lambda v: v > 0)
 # Upper bound on how long a key or model change can go unnoticed by a web process if the change
 # notification could not reach Redis (normally changes are seen on the very next request).
 NEBULA_CACHE_TTL = env.float("NEBULA_CACHE_TTL", 60.0, validate=lambda v: v > 0)
