@@ -13,7 +13,7 @@ from rest_framework import authentication, exceptions
 from keys.models import ApiKey
 from keys.tokens import is_well_formed, key_digest
 from nebula_site.epoch import MISS, EpochCache, current_epoch
-from nebula_site.errors import AuthenticationFailed
+from nebula_site.errors import DATABASE_ERRORS, AuthenticationFailed, database_unavailable
 
 MISSING_KEY_MESSAGE = (
     "You didn't provide an API key. Provide it in an Authorization header using Bearer auth "
@@ -90,7 +90,10 @@ async def key_info_for_secret(secret: str) -> tuple[KeyInfo | None, str | None]:
     if cached is not MISS:
         return cached, current_epoch()  # type: ignore[return-value]
     epoch = current_epoch()
-    key = await ApiKey.objects.select_related("owner").filter(digest=digest).afirst()
+    try:
+        key = await ApiKey.objects.select_related("owner").filter(digest=digest).afirst()
+    except DATABASE_ERRORS:
+        raise database_unavailable() from None
     info = KeyInfo.from_key(key) if key is not None else None
     _keys_by_digest.put(digest, info, epoch=epoch)
     return info, epoch
@@ -98,7 +101,10 @@ async def key_info_for_secret(secret: str) -> tuple[KeyInfo | None, str | None]:
 
 async def key_info_for_id(key_id: int) -> KeyInfo | None:
     """For callers that hold a key id rather than its secret (the dashboard playground)."""
-    key = await ApiKey.objects.select_related("owner").filter(pk=key_id).afirst()
+    try:
+        key = await ApiKey.objects.select_related("owner").filter(pk=key_id).afirst()
+    except DATABASE_ERRORS:
+        raise database_unavailable() from None
     return KeyInfo.from_key(key) if key is not None else None
 
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from models_registry.gpus import GPU_TYPES
 from models_registry.models import LIVE_STATES, DeployedModel, ModelState
 from nebula_site.epoch import MISS, EpochCache, current_epoch
+from nebula_site.errors import DATABASE_ERRORS, database_unavailable
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,9 +63,12 @@ async def catalog_snapshot() -> tuple[Catalog, str | None]:
     if cached is not MISS:
         return cached, current_epoch()  # type: ignore[return-value]
     epoch = current_epoch()
-    catalog = {
-        model.name: ModelInfo.from_model(model)
-        async for model in DeployedModel.objects.filter(state__in=LIVE_STATES)
-    }
+    try:
+        catalog = {
+            model.name: ModelInfo.from_model(model)
+            async for model in DeployedModel.objects.filter(state__in=LIVE_STATES)
+        }
+    except DATABASE_ERRORS:
+        raise database_unavailable() from None
     _catalog.put("all", catalog, epoch=epoch)
     return catalog, epoch

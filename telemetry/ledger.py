@@ -22,6 +22,7 @@ import redis
 from asgiref.sync import sync_to_async
 from django.db import DataError, IntegrityError, close_old_connections, transaction
 
+from nebula_site.errors import DATABASE_ERRORS
 from nebula_site.redis_client import REDIS_ERRORS, get_async_redis, new_sync_connection
 
 logger = logging.getLogger(__name__)
@@ -216,6 +217,7 @@ class LedgerConsumer:
         self.name = name
         self.stop = threading.Event()
         self._client: redis.Redis | None = None
+        self._unacknowledged = True  # entries a previous run of this consumer left pending
 
     @property
     def client(self) -> redis.Redis:
@@ -246,6 +248,11 @@ class LedgerConsumer:
                     continue
                 logger.exception("usage ledger error")
                 self.stop.wait(1.0)
+            except DATABASE_ERRORS:
+                # Entries stay pending in the stream; the next round retries them.
+                logger.warning("usage ledger cannot reach the database; retrying in 1 s")
+                close_old_connections()
+                self.stop.wait(1.0)
             except Exception:
                 logger.exception("usage ledger error; retrying in 1 s")
                 close_old_connections()
@@ -259,14 +266,22 @@ class LedgerConsumer:
         entries: list[tuple[bytes, dict[bytes, bytes]]] = [
             entry for entry in claimed[1] if entry and entry[1]
         ]
+        if not entries and self._unacknowledged:
+            # A batch this consumer read but could not write (the database was down): retry
+            # it now rather than after _CLAIM_IDLE_MS.
+            response: Any = self.client.xreadgroup(GROUP, self.name, {STREAM: "0"}, count=_BATCH)
+            for _stream, stream_entries in response or []:
+                entries.extend(entry for entry in stream_entries if entry and entry[1])
+            self._unacknowledged = bool(entries)
         if not entries:
-            response: Any = self.client.xreadgroup(
+            response = self.client.xreadgroup(
                 GROUP, self.name, {STREAM: ">"}, count=_BATCH, block=block_ms or None
             )
             for _stream, stream_entries in response or []:
                 entries.extend(stream_entries)
         if not entries:
             return 0
+        self._unacknowledged = True
         events = [event for _id, fields in entries if (event := _decode(fields)) is not None]
         close_old_connections()
         try:
@@ -284,6 +299,7 @@ class LedgerConsumer:
         pipe.xack(STREAM, GROUP, *ids)
         pipe.xdel(STREAM, *ids)
         pipe.execute()
+        self._unacknowledged = False
         return len(entries)
 
 
