@@ -407,6 +407,7 @@ class Completion:
         self._seq = 0
         self._last_activity = time.monotonic()
         self._redis_lost_at: float | None = None
+        self._ended_unheard = False
 
     # --- reading replies ------------------------------------------------------------------
     async def _next(self, *, ticks: bool = False) -> dict[str, Any]:
@@ -506,8 +507,12 @@ class Completion:
                     code="queue_timeout",
                 )
         elif state in ("done", "failed", "cancelled", "abandoned"):
-            # It ended but its last message never arrived here.
-            await self._fail("The job ended but its result was lost.", code="stream_broken")
+            # It ended, and its last message has not arrived here. It may be on its way still
+            # (the worker publishes it in the same step that ends the job, and this answer can
+            # overtake it): only a second look, a watchdog period later, calls it lost.
+            if self._ended_unheard:
+                await self._fail("The job ended but its result was lost.", code="stream_broken")
+            self._ended_unheard = True
 
     async def _worker_lost(self, worker: str) -> None:
         client = get_async_redis()
