@@ -7,6 +7,7 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass, field
+from typing import Any
 
 import orjson
 import redis
@@ -40,6 +41,8 @@ FLUSH_TOKENS = 64
 # How often a non-streaming job (which sends nothing until the end) checks for cancellation.
 CANCEL_CHECK_INTERVAL = 0.05
 _POLL_MIN, _POLL_MAX = 0.002, 0.05
+# How long a job whose Redis failed under it keeps trying to end properly (and be recorded).
+SALVAGE_SECONDS = 30.0
 
 
 class JobGone(Exception):
@@ -208,6 +211,28 @@ class JobRun:
         outbox.clear()
         self.publish(message)
 
+    def salvage(self, **outcome: Any) -> None:
+        """End the job after Redis failed under it, once Redis answers again.
+
+        Its web process, or its client, may be gone by then, and nobody else would record the
+        job. If the job is no longer this run's (the web process gave it up and resent or
+        failed it), whoever took it over records it. A record the web process already wrote for
+        the same request (straight to the database, while Redis was away) wins: request ids are
+        unique in the ledger.
+        """
+        deadline = time.monotonic() + SALVAGE_SECONDS
+        while True:
+            try:
+                state, owner = self.client.hmget(self.key, ["state", "worker"])
+                if owner == self.owner.encode():
+                    self.finish(**_salvage_outcome(state, outcome))
+                return
+            except REDIS_ERRORS:
+                if time.monotonic() > deadline:
+                    logger.warning("job %s ended without a record: Redis stayed away", self.key)
+                    return
+                time.sleep(0.5)
+
     def finish(
         self,
         *,
@@ -262,6 +287,19 @@ class JobRun:
             )
 
 
+def _salvage_outcome(state: object, outcome: dict[str, Any]) -> dict[str, Any]:
+    if state == b"cancelled":  # the client left meanwhile: bill what ran, as a cancellation
+        return {
+            "state": "cancelled",
+            "status": 499,
+            "finish_reason": "cancelled",
+            "error_code": "client_gone",
+            "completion_tokens": outcome["completion_tokens"],
+            "message": None,
+        }
+    return outcome
+
+
 def completion_execute(job: JobPayload, worker: WorkerRuntime) -> None:
     """Run one job to its end. Safe to call twice for the same job: the second call does nothing."""
     client = get_redis()
@@ -295,6 +333,20 @@ def completion_execute(job: JobPayload, worker: WorkerRuntime) -> None:
             )
             return
         except REDIS_ERRORS:
+            tokens = run.generation.completion_tokens if run.generation else 0
+            run.salvage(
+                state="failed",
+                status=503,
+                finish_reason="error",
+                error_code="redis_unavailable",
+                completion_tokens=tokens,
+                message={
+                    "r": job["id"],
+                    "t": "error",
+                    "code": "redis_unavailable",
+                    "message": "The worker lost its Redis connection. Retry the request.",
+                },
+            )
             raise
         except Exception:
             logger.exception("job %s failed on worker %s", job["id"], worker.id)
@@ -329,10 +381,15 @@ def completion_execute(job: JobPayload, worker: WorkerRuntime) -> None:
         }
         if not job["stream"]:
             done["texts"] = generation.texts()
-        run.finish(
-            state="done",
-            status=200,
-            finish_reason=reasons[0] or "stop",
-            completion_tokens=generation.completion_tokens,
-            message=done,
-        )
+        outcome: dict[str, Any] = {
+            "state": "done",
+            "status": 200,
+            "finish_reason": reasons[0] or "stop",
+            "completion_tokens": generation.completion_tokens,
+            "message": done,
+        }
+        try:
+            run.finish(**outcome)
+        except REDIS_ERRORS:
+            run.salvage(**outcome)
+            raise

@@ -566,7 +566,9 @@ class Completion:
                 get_async_redis(), [job_key(self.ctx.request_id)], [JOB_TTL_SECONDS]
             )
         except REDIS_ERRORS:
-            return
+            # The worker may never learn of it; record it here (straight to the database). A
+            # record the worker writes later for the same request loses to this one.
+            raw = b""
         previous = raw.decode() if isinstance(raw, bytes) else str(raw)
         if previous in ("", "waiting"):
             await self.ctx.record(status=499, error_code="client_gone", finish_reason="cancelled")
