@@ -86,9 +86,9 @@ class FaultStack:
         wait_until(lambda: self.live_workers() == WORKERS, timeout=30)
 
 
-@pytest.fixture(scope="module")
-def fault_stack(django_db_setup: Any, django_db_blocker: Any) -> Iterator[FaultStack]:
-    redis_server = RedisServer()
+@contextlib.contextmanager
+def running_fault_stack(redis_server: RedisServer, django_db_blocker: Any) -> Iterator[FaultStack]:
+    """Start `redis_server` and a stack on it; stop both afterwards."""
     redis_server.start()
     with django_db_blocker.unblock():
         env = live_env({"NEBULA_TEST_REDIS_URL": redis_server.url, **FAULT_ENV})
@@ -103,6 +103,13 @@ def fault_stack(django_db_setup: Any, django_db_blocker: Any) -> Iterator[FaultS
     finally:
         stack.stop()
         redis_server.stop()
+
+
+@pytest.fixture(scope="module")
+def fault_stack(django_db_setup: Any, django_db_blocker: Any) -> Iterator[FaultStack]:
+    """The private stack, on a Redis without persistence (a crash loses all it held)."""
+    with running_fault_stack(RedisServer(), django_db_blocker) as stack:
+        yield stack
 
 
 @pytest.fixture
