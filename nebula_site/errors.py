@@ -17,6 +17,8 @@ from django.http import Http404, HttpResponse
 from rest_framework import exceptions as drf_exceptions
 from rest_framework.response import Response
 
+from nebula_site.logging import redact
+
 
 class NebulaError(Exception):
     status = 400
@@ -113,7 +115,9 @@ def error_body(
     param: str | None = None,
     code: str | None = None,
 ) -> dict[str, Any]:
-    return {"error": {"message": message, "type": type, "param": param, "code": code}}
+    # Messages quote what the client sent (a model name, an id in the URL); a key pasted there
+    # is not repeated back, nor into anything that stores or forwards error bodies.
+    return {"error": {"message": redact(message), "type": type, "param": param, "code": code}}
 
 
 def error_response(error: NebulaError, *, request_id: str | None = None) -> HttpResponse:

@@ -12,6 +12,8 @@ The server's own error answers (a malformed request line or chunk, headers over 
 16 KiB or 500-header limit, a non-ASCII path, an exception escaping the application) are
 rewritten into the API's JSON error format, from HTML or from no answer at all.
 
+Its access log, which bypasses Python's logging, gets the same secret redaction as the logs.
+
 `harden_daphne()` installs this; `nebula_site.asgi` calls it, and daphne imports that module
 before it starts listening.
 """
@@ -24,6 +26,7 @@ import orjson
 from django.conf import settings
 
 from nebula_site.errors import error_body
+from nebula_site.logging import redact
 
 # After refusing a body, keep reading (and dropping) what the client still sends for this long,
 # so that it reads our answer instead of a connection reset, then cut it off.
@@ -93,8 +96,11 @@ def _bad_request(channel: Any, *, line_too_long: bool = False) -> None:
 
 
 def harden_daphne() -> None:
-    """Make daphne's HTTP server enforce the body limit and answer errors in JSON (idempotent)."""
+    """Make daphne's HTTP server enforce the body limit, answer errors in JSON and keep secrets
+    out of its access log (idempotent)."""
+    import daphne.cli
     import daphne.server
+    from daphne.access import AccessLogGenerator
     from daphne.http_protocol import HTTPFactory, WebRequest
 
     if getattr(daphne.server.HTTPFactory, "nebula_hardened", False):
@@ -164,4 +170,21 @@ def harden_daphne() -> None:
             channel.lineLengthExceeded = lambda line: _bad_request(channel, line_too_long=True)
             return protocol
 
+    class RedactingAccessLog(AccessLogGenerator):
+        """Daphne's access log writes request URIs, query strings included, straight to its
+        stream, past the logging filters: a key sent as `?api_key=nb_…` would be in it."""
+
+        def write_entry(
+            self,
+            host: Any,
+            date: Any,
+            request: str,
+            status: Any = None,
+            length: Any = None,
+            ident: Any = None,
+            user: Any = None,
+        ) -> None:
+            super().write_entry(host, date, redact(request), status, length, ident, user)
+
     daphne.server.HTTPFactory = HardenedHTTPFactory
+    daphne.cli.AccessLogGenerator = RedactingAccessLog

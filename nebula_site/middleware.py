@@ -55,6 +55,9 @@ class RequestIdMiddleware:
         request.request_id = new_request_id()  # type: ignore[attr-defined]
         response: HttpResponseBase = await self.get_response(request)
         response.headers.setdefault("x-request-id", request.request_id)  # type: ignore[attr-defined]
+        # The /v1 chain has no SecurityMiddleware (a thread hop per request); this is the
+        # header of its that matters for API responses.
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
         return response
 
 

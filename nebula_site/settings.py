@@ -195,7 +195,13 @@ WHITENOISE_USE_FINDERS = TESTING or DEBUG
 
 # --- Security -----------------------------------------------------------------------------------
 SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", 0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env.bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", False)
+SECURE_HSTS_PRELOAD = env.bool("SECURE_HSTS_PRELOAD", False)
 SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", False)
+# Behind a proxy that terminates TLS: the header it sets, e.g. HTTP_X_FORWARDED_PROTO (its value
+# must then be "https" for a secure request). Only set it if the proxy always sets the header.
+_proxy_ssl_header = env.str("SECURE_PROXY_SSL_HEADER", "")
+SECURE_PROXY_SSL_HEADER = (_proxy_ssl_header, "https") if _proxy_ssl_header else None
 SESSION_COOKIE_SECURE = env.bool("SESSION_COOKIE_SECURE", False)
 CSRF_COOKIE_SECURE = env.bool("CSRF_COOKIE_SECURE", False)
 SESSION_COOKIE_HTTPONLY = True

@@ -23,6 +23,7 @@ from asgiref.sync import sync_to_async
 from django.db import DataError, IntegrityError, close_old_connections, transaction
 
 from nebula_site.errors import DATABASE_ERRORS
+from nebula_site.logging import redact
 from nebula_site.redis_client import REDIS_ERRORS, get_async_redis, new_sync_connection
 
 logger = logging.getLogger(__name__)
@@ -85,8 +86,9 @@ def usage_event(
         "request_id": request_id,
         "key_id": key_id,
         "key_prefix": key_prefix,
-        # Whatever the client sent as the model name; PostgreSQL refuses NUL in text.
-        "model": model.replace("\x00", "")[:256],
+        # Whatever the client sent as the model name: PostgreSQL refuses NUL in text, and a
+        # key pasted there must not end up in /metrics and the admin.
+        "model": redact(model.replace("\x00", ""))[:256],
         "endpoint": endpoint,
         "client": client,
         "worker": worker,
