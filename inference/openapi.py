@@ -147,6 +147,24 @@ RESPONSE_SCHEMAS: dict[str, dict[str, Any]] = {
     },
 }
 
+# One server-sent event of a stream: a chunk, an error (after the stream started), or [DONE].
+_SSE_EVENT: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "data": {
+            "anyOf": [
+                {"const": "[DONE]"},
+                {
+                    "type": "string",
+                    "contentMediaType": "application/json",
+                    "contentSchema": {"anyOf": [_ref("ChatCompletionChunk"), _ref("OpenAIError")]},
+                },
+            ]
+        }
+    },
+    "required": ["data"],
+}
+
 _RATE_LIMIT_HEADERS = {
     name: {"schema": {"type": "string"}, "description": description}
     for name, description in {
@@ -235,7 +253,7 @@ def _paths() -> dict[str, Any]:
                     "headers": _RATE_LIMIT_HEADERS,
                     "content": {
                         "application/json": {"schema": _ref("ChatCompletion")},
-                        "text/event-stream": {"schema": {"type": "string"}},
+                        "text/event-stream": {"schema": _SSE_EVENT},
                     },
                 },
                 "400": _error("Invalid body: the `param` names the offending field."),
