@@ -154,7 +154,12 @@ def openai_client(live: Stack) -> Any:
 
 def pytest_collection_modifyitems(config: Any, items: list[Any]) -> None:
     # Live-stack tests are slower; run them after the fast ones so failures show up early.
-    items.sort(key=lambda item: "live" in getattr(item, "fixturenames", ()))
+    items.sort(
+        key=lambda item: (
+            "live" in getattr(item, "fixturenames", ())
+            or item.get_closest_marker("integration") is not None
+        )
+    )
 
 
 assert settings.REDIS_URL.endswith(os.environ.get("NEBULA_TEST_REDIS_DB", "15")), (
