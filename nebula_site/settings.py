@@ -145,6 +145,18 @@ DATABASES = {
 }
 _db = DATABASES["default"]
 _db["CONN_HEALTH_CHECKS"] = True
+if _db["ENGINE"] == "django.db.backends.postgresql":
+    # Under ASGI every request runs its ORM calls on a thread of its own, so persistent
+    # connections (CONN_MAX_AGE) pile up one per thread: a burst of requests exhausted the
+    # server's max_connections. A bounded pool per process instead.
+    _db["CONN_MAX_AGE"] = 0
+    _db.setdefault("OPTIONS", {})["pool"] = {
+        "min_size": 1,
+        "max_size": env.int("NEBULA_DB_POOL_SIZE", 8, validate=lambda v: v > 0),
+        # How long a request waits for a connection: when the server is down, this is how
+        # long until the 503.
+        "timeout": env.float("NEBULA_DB_POOL_TIMEOUT", 3.0, validate=lambda v: v > 0),
+    }  # with CONN_HEALTH_CHECKS, Django has the pool check each connection it hands out
 if _db["ENGINE"] == "django.db.backends.sqlite3":
     # Web processes and workers write concurrently: WAL lets readers proceed during a write, and
     # IMMEDIATE transactions queue writers on the busy timeout instead of failing on upgrade.

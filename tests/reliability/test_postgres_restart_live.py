@@ -79,6 +79,7 @@ def pg_stack() -> Iterator[PgStack]:
             # The worker moves usage into the database itself, as in production.
             "NEBULA_WORKER_LEDGER": "true",
             "NEBULA_WORKER_RECONCILER": "false",
+            "NEBULA_DB_POOL_TIMEOUT": "1",
             "PYTHONUNBUFFERED": "1",
         }
         manage = [sys.executable, str(ROOT / "manage.py")]
