@@ -225,15 +225,16 @@ return redis.call('PUBLISH', ARGV[1], ARGV[2])
 """
 )
 
-# Worker: end a job that ran. KEYS: job, slots, usage stream. ARGV: worker, request id, final
+# Worker: end a job that ran. KEYS: job, slots, usage stream. ARGV: owner, request id, final
 # state, usage record, reply channel, final message ('' for none), ttl.
 # Frees the slot, sends the final message and records usage, atomically; the record notes
 # whether anyone received the final message. Returns -1 if the job was no longer ours (then
-# someone else records it), else the PUBLISH count (0 if there was no message or no listener).
+# someone else records it, and the slot under this request id, if any, is the new attempt's:
+# it is left alone), else the PUBLISH count (0 if there was no message or no listener).
 FINISH = LuaScript(
     """
-redis.call('ZREM', KEYS[2], ARGV[2])
 if redis.call('HGET', KEYS[1], 'worker') ~= ARGV[1] then return -1 end
+redis.call('ZREM', KEYS[2], ARGV[2])
 local state = redis.call('HGET', KEYS[1], 'state')
 if state ~= 'running' and state ~= 'cancelled' and state ~= 'waiting' then return -1 end
 redis.call('HSET', KEYS[1], 'state', ARGV[3])
@@ -247,8 +248,11 @@ return delivered
 )
 
 
-# Web: is the job's worker alive? KEYS: job, workers zset. ARGV: worker ttl ms.
-# Returns {state or '', worker or '', 1 if that worker reported within the ttl, live workers}.
+# Web: is the job's worker alive? KEYS: job, workers zset, the model's slots. ARGV: worker ttl
+# ms, request id. Returns {state or '', worker or '', 1 if the job is alive, live workers}.
+# A running job holds a GPU slot whose lease its worker renews while a thread runs the job, so
+# an expired lease means the job died even when its worker process lives on (say, the thread
+# lost its Redis connection): the web process then treats it like a dead worker's job.
 INSPECT = LuaScript(
     NOW_MS
     + """
@@ -257,8 +261,14 @@ local worker = redis.call('HGET', KEYS[1], 'worker') or ''
 local since = now - tonumber(ARGV[1])
 local alive = 0
 if worker ~= '' then
-  local seen = tonumber(redis.call('ZSCORE', KEYS[2], worker) or '0')
+  -- The owner is '{worker id}/{run}' (inference.runner.JobRun.owner).
+  local process = string.match(worker, '^(.*)/') or worker
+  local seen = tonumber(redis.call('ZSCORE', KEYS[2], process) or '0')
   if seen >= since then alive = 1 end
+  if alive == 1 and state == 'running'
+      and tonumber(redis.call('ZSCORE', KEYS[3], ARGV[2]) or '0') < now then
+    alive = 0
+  end
 end
 return {state, worker, alive, redis.call('ZCOUNT', KEYS[2], since, '+inf')}
 """

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from dataclasses import dataclass, field
+from typing import Any
 
 import orjson
 import redis
@@ -45,6 +47,8 @@ FLUSH_TOKENS = 64
 # How often a non-streaming job (which sends nothing until the end) checks for cancellation.
 CANCEL_CHECK_INTERVAL = 0.05
 _POLL_MIN, _POLL_MAX = 0.002, 0.05
+# How long a job whose Redis failed under it keeps trying to end properly (and be recorded).
+SALVAGE_SECONDS = 30.0
 
 
 class JobGone(Exception):
@@ -85,6 +89,10 @@ class JobRun:
     def __init__(self, job: JobPayload, worker: WorkerRuntime, client: redis.Redis) -> None:
         self.job = job
         self.worker = worker
+        # Who owns the job in Redis: this run, not just this worker process. Should the web
+        # process give the job up for dead and resend it, a thread of the same worker may take
+        # the new attempt; the old thread must then find the job no longer its own.
+        self.owner = f"{worker.id}/{uuid.uuid4().hex[:8]}"
         self.client = client
         self.key = job_key(job["id"])
         self.seq = 0
@@ -99,14 +107,14 @@ class JobRun:
         delivered = PUBLISH(
             self.client,
             [self.key],
-            [self.job["reply_to"], orjson.dumps(message), self.worker.id],
+            [self.job["reply_to"], orjson.dumps(message), self.owner],
         )
         if int(delivered) <= 0:
             raise JobGone
 
     def still_running(self) -> None:
         state, owner = self.client.hmget(self.key, ["state", "worker"])
-        if state != b"running" or owner != self.worker.id.encode():
+        if state != b"running" or owner != self.owner.encode():
             raise JobGone
 
     def sleep(self, seconds: float, *, check: bool) -> None:
@@ -141,7 +149,7 @@ class JobRun:
                 request_id=job["id"],
                 job_key=self.key,
                 capacity=model["capacity"],
-                worker_id=self.worker.id,
+                worker_id=self.owner,
                 arrival_ms=arrival_ms,
                 claim=claim,
                 job_ttl=JOB_TTL_SECONDS,
@@ -224,6 +232,28 @@ class JobRun:
         outbox.clear()
         self.publish(message)
 
+    def salvage(self, **outcome: Any) -> None:
+        """End the job after Redis failed under it, once Redis answers again.
+
+        Its web process, or its client, may be gone by then, and nobody else would record the
+        job. If the job is no longer this run's (the web process gave it up and resent or
+        failed it), whoever took it over records it. A record the web process already wrote for
+        the same request (straight to the database, while Redis was away) wins: request ids are
+        unique in the ledger.
+        """
+        deadline = time.monotonic() + SALVAGE_SECONDS
+        while True:
+            try:
+                state, owner = self.client.hmget(self.key, ["state", "worker"])
+                if owner == self.owner.encode():
+                    self.finish(**_salvage_outcome(state, outcome))
+                return
+            except REDIS_ERRORS:
+                if time.monotonic() > deadline:
+                    logger.warning("job %s ended without a record: Redis stayed away", self.key)
+                    return
+                time.sleep(0.5)
+
     def finish(
         self,
         *,
@@ -259,7 +289,7 @@ class JobRun:
             self.client,
             [self.key, slots_key(job["model"]["name"]), STREAM],
             [
-                self.worker.id,
+                self.owner,
                 job["id"],
                 state,
                 encode(event),
@@ -276,6 +306,19 @@ class JobRun:
                 reserved=job["tpm_reserved"],
                 used=job["prompt_tokens"] + completion_tokens,
             )
+
+
+def _salvage_outcome(state: object, outcome: dict[str, Any]) -> dict[str, Any]:
+    if state == b"cancelled":  # the client left meanwhile: bill what ran, as a cancellation
+        return {
+            "state": "cancelled",
+            "status": 499,
+            "finish_reason": "cancelled",
+            "error_code": "client_gone",
+            "completion_tokens": outcome["completion_tokens"],
+            "message": None,
+        }
+    return outcome
 
 
 def completion_execute(job: JobPayload, worker: WorkerRuntime) -> None:
@@ -306,6 +349,20 @@ def completion_execute(job: JobPayload, worker: WorkerRuntime) -> None:
             )
             return
         except REDIS_ERRORS:
+            tokens = run.generation.completion_tokens if run.generation else 0
+            run.salvage(
+                state="failed",
+                status=503,
+                finish_reason="error",
+                error_code="redis_unavailable",
+                completion_tokens=tokens,
+                message={
+                    "r": job["id"],
+                    "t": "error",
+                    "code": "redis_unavailable",
+                    "message": "The worker lost its Redis connection. Retry the request.",
+                },
+            )
             raise
         except Exception:
             logger.exception("job %s failed on worker %s", job["id"], worker.id)
@@ -340,10 +397,15 @@ def completion_execute(job: JobPayload, worker: WorkerRuntime) -> None:
         }
         if not job["stream"]:
             done["texts"] = generation.texts()
-        run.finish(
-            state="done",
-            status=200,
-            finish_reason=reasons[0] or "stop",
-            completion_tokens=generation.completion_tokens,
-            message=done,
-        )
+        outcome: dict[str, Any] = {
+            "state": "done",
+            "status": 200,
+            "finish_reason": reasons[0] or "stop",
+            "completion_tokens": generation.completion_tokens,
+            "message": done,
+        }
+        try:
+            run.finish(**outcome)
+        except REDIS_ERRORS:
+            run.salvage(**outcome)
+            raise

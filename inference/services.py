@@ -36,6 +36,7 @@ from inference.jobs import (
     job_key,
 )
 from inference.schemas import ChatCompletionRequest
+from inference.slots import slots_key
 from inference.workers import WORKERS_KEY
 from keys.auth import INVALID_KEY_MESSAGE, KeyInfo, key_info_for_id, key_info_for_secret
 from keys.ratelimit import Admission, admit
@@ -405,6 +406,8 @@ class Completion:
         self.queue_ms: float | None = None
         self._seq = 0
         self._last_activity = time.monotonic()
+        self._redis_lost_at: float | None = None
+        self._ended_unheard = False
 
     # --- reading replies ------------------------------------------------------------------
     async def _next(self, *, ticks: bool = False) -> dict[str, Any]:
@@ -467,16 +470,27 @@ class Completion:
     # --- failure handling -----------------------------------------------------------------
     async def _watchdog(self) -> None:
         client = get_async_redis()
+        asked = time.monotonic()
         try:
             state_b, worker_b, alive, live = await INSPECT.acall(
                 client,
-                [job_key(self.ctx.request_id), WORKERS_KEY],
-                [int(settings.NEBULA_WORKER_TTL * 1000)],
+                [
+                    job_key(self.ctx.request_id),
+                    WORKERS_KEY,
+                    slots_key(self.payload["model"]["name"]),
+                ],
+                [int(settings.NEBULA_WORKER_TTL * 1000), self.ctx.request_id],
             )
         except REDIS_ERRORS:
-            if time.time() > self.deadline and not self.started:
+            # Without Redis no token can come, started or not: after as long as a silent worker
+            # is given, give up rather than keep the client waiting for as long as Redis is out.
+            self._redis_lost_at = self._redis_lost_at or asked
+            if time.monotonic() - self._redis_lost_at >= settings.NEBULA_WORKER_TTL or (
+                time.time() > self.deadline and not self.started
+            ):
                 await self._fail("Lost contact with Redis.", code="redis_unavailable")
             return
+        self._redis_lost_at = None
         state, worker = state_b.decode(), worker_b.decode()
         overdue = time.time() > self.deadline
         if state in ("waiting", "running") and not alive:
@@ -499,8 +513,12 @@ class Completion:
                     code="queue_timeout",
                 )
         elif state in ("done", "failed", "cancelled", "abandoned"):
-            # It ended but its last message never arrived here.
-            await self._fail("The job ended but its result was lost.", code="stream_broken")
+            # It ended, and its last message has not arrived here. It may be on its way still
+            # (the worker publishes it in the same step that ends the job, and this answer can
+            # overtake it): only a second look, a watchdog period later, calls it lost.
+            if self._ended_unheard:
+                await self._fail("The job ended but its result was lost.", code="stream_broken")
+            self._ended_unheard = True
 
     async def _worker_lost(self, worker: str) -> None:
         client = get_async_redis()
@@ -554,7 +572,9 @@ class Completion:
                 get_async_redis(), [job_key(self.ctx.request_id)], [JOB_TTL_SECONDS]
             )
         except REDIS_ERRORS:
-            return
+            # The worker may never learn of it; record it here (straight to the database). A
+            # record the worker writes later for the same request loses to this one.
+            raw = b""
         previous = raw.decode() if isinstance(raw, bytes) else str(raw)
         if previous in ("", "waiting"):
             await self.ctx.record(status=499, error_code="client_gone", finish_reason="cancelled")

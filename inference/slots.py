@@ -9,8 +9,6 @@ admitted first come, first served; a waiter that stops polling drops out of line
 
 from __future__ import annotations
 
-import time
-
 import redis
 from django.conf import settings
 
@@ -143,15 +141,31 @@ def slot_release(client: redis.Redis, *, model: str, request_id: str) -> None:
     client.zrem(slots_key(model), request_id)
 
 
+# KEYS: the slots of each held job. ARGV: lease ms, then each job's request id.
+_RENEW = LuaScript(
+    NOW_MS
+    + """
+for i, key in ipairs(KEYS) do
+  redis.call('ZADD', key, 'XX', now + tonumber(ARGV[1]), ARGV[i + 1])
+end
+return #KEYS
+"""
+)
+
+
 def slots_renew(client: redis.Redis, held: list[tuple[str, str]]) -> None:
-    """Extend the leases of (model, request id) slots a live worker still holds."""
+    """Extend the leases of (model, request id) slots a live worker still holds.
+
+    On Redis' clock, like every other lease: a worker whose clock runs behind must not let its
+    leases look expired (web processes take an expired lease for a dead job).
+    """
     if not held:
         return
-    now_ms = int(time.time() * 1000)
-    pipe = client.pipeline(transaction=False)
-    for model, request_id in held:
-        pipe.zadd(slots_key(model), {request_id: now_ms + lease_ms()}, xx=True)
-    pipe.execute()
+    _RENEW(
+        client,
+        [slots_key(model) for model, _ in held],
+        [lease_ms(), *(request_id for _, request_id in held)],
+    )
 
 
 _COUNT_LIVE = LuaScript(

@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from django.contrib.auth import get_user_model
-from drf_spectacular.utils import extend_schema
-from rest_framework import status
+from drf_spectacular.utils import extend_schema, inline_serializer
+from rest_framework import serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -30,7 +30,13 @@ from nebula_site.errors import InvalidRequest
 
 
 class ApiKeyListCreateView(APIView):
-    @extend_schema(responses=ApiKeySerializer(many=True), operation_id="apikeys_list")
+    @extend_schema(
+        responses=inline_serializer(
+            "ApiKeyList",
+            {"object": serializers.CharField(), "data": ApiKeySerializer(many=True)},
+        ),
+        operation_id="apikeys_list",
+    )
     def get(self, request: Request) -> Response:
         actor = actor_from_request(request)
         require_key_manager(actor)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from drf_spectacular.utils import OpenApiParameter, extend_schema
-from rest_framework import status
+from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
+from rest_framework import serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -33,7 +33,10 @@ def _with_history(model: DeployedModel, *, operator: bool) -> dict[str, Any]:
 
 class DeploymentListView(APIView):
     @extend_schema(
-        responses=DeploymentSerializer(many=True),
+        responses=inline_serializer(
+            "DeploymentList",
+            {"object": serializers.CharField(), "data": DeploymentSerializer(many=True)},
+        ),
         parameters=[
             OpenApiParameter("all", bool, description="Operators: include stopped and failed.")
         ],

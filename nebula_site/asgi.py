@@ -17,9 +17,11 @@ from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E40
 from django.conf import settings  # noqa: E402
 
 from nebula_site.heap import freeze_startup_heap  # noqa: E402
+from nebula_site.http_server import harden_daphne  # noqa: E402
 from nebula_site.middleware import ApiASGIHandler  # noqa: E402
 from nebula_site.routing import websocket_urlpatterns  # noqa: E402
 
+harden_daphne()  # daphne imports this module before it starts listening
 api_app = ApiASGIHandler()
 _LEAN_PREFIXES = ("/v1/", "/bench/")
 

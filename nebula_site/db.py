@@ -19,6 +19,8 @@ from typing import Any, TypeVar
 from django.conf import settings
 from django.db import close_old_connections
 
+from nebula_site.errors import DATABASE_ERRORS, database_unavailable
+
 T = TypeVar("T")
 
 _executor: ThreadPoolExecutor | None = None
@@ -40,9 +42,15 @@ def _call(fn: Callable[..., T], *args: Any) -> T:
 
 
 async def run_db(fn: Callable[..., T], *args: Any) -> T:
-    """Run `fn(*args)` (sync, may use the ORM) on the pool, without blocking the event loop."""
+    """Run `fn(*args)` (sync, may use the ORM) on the pool, without blocking the event loop.
+
+    An unreachable database becomes a 503 (`database_unavailable`), never a 500.
+    """
     loop = asyncio.get_running_loop()
-    return await loop.run_in_executor(_pool(), functools.partial(_call, fn, *args))
+    try:
+        return await loop.run_in_executor(_pool(), functools.partial(_call, fn, *args))
+    except DATABASE_ERRORS:
+        raise database_unavailable() from None
 
 
 class SingleFlight:

@@ -12,9 +12,12 @@ from typing import Any
 
 import orjson
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.db import InterfaceError, OperationalError
 from django.http import Http404, HttpResponse
 from rest_framework import exceptions as drf_exceptions
 from rest_framework.response import Response
+
+from nebula_site.logging import redact
 
 
 class NebulaError(Exception):
@@ -94,6 +97,17 @@ class ServiceUnavailable(NebulaError):
     code = "service_unavailable"
 
 
+# The database could not be reached (down, restarting, out of connections): retryable.
+DATABASE_ERRORS: tuple[type[Exception], ...] = (OperationalError, InterfaceError)
+
+
+def database_unavailable() -> ServiceUnavailable:
+    return ServiceUnavailable(
+        "The service cannot reach its database right now. Retry shortly.",
+        code="database_unavailable",
+    )
+
+
 def error_body(
     message: str,
     *,
@@ -101,7 +115,9 @@ def error_body(
     param: str | None = None,
     code: str | None = None,
 ) -> dict[str, Any]:
-    return {"error": {"message": message, "type": type, "param": param, "code": code}}
+    # Messages quote what the client sent (a model name, an id in the URL); a key pasted there
+    # is not repeated back, nor into anything that stores or forwards error bodies.
+    return {"error": {"message": redact(message), "type": type, "param": param, "code": code}}
 
 
 def error_response(error: NebulaError, *, request_id: str | None = None) -> HttpResponse:
@@ -146,6 +162,8 @@ def _first_validation_error(detail: Any, path: str = "") -> tuple[str | None, st
 
 def drf_exception_handler(exc: Exception, context: Mapping[str, Any]) -> Response | None:
     """DRF's EXCEPTION_HANDLER: every API error leaves in OpenAI's format."""
+    if isinstance(exc, DATABASE_ERRORS):
+        exc = database_unavailable()
     if isinstance(exc, NebulaError):
         return Response(exc.body(), status=exc.status, headers=exc.headers)
     if isinstance(exc, Http404):

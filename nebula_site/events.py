@@ -47,6 +47,14 @@ def broadcast(group: str, event: Event) -> None:
     layer = get_channel_layer()
     if layer is None:
         return
+
+    async def send() -> None:
+        # Best effort, and never long: a hung Redis must not hold up the caller (the usage
+        # ledger, a deployment) for more than the Redis timeout.
+        await asyncio.wait_for(
+            layer.group_send(group, dict(event)), timeout=settings.NEBULA_REDIS_TIMEOUT
+        )
+
     try:
         if settings.NEBULA_STANDALONE and _main_loop is not None and _main_loop.is_running():
             try:
@@ -54,11 +62,11 @@ def broadcast(group: str, event: Event) -> None:
             except RuntimeError:
                 running = None
             if running is _main_loop:
-                _main_loop.create_task(layer.group_send(group, dict(event)))
+                _main_loop.create_task(send())
             else:
-                asyncio.run_coroutine_threadsafe(layer.group_send(group, dict(event)), _main_loop)
+                asyncio.run_coroutine_threadsafe(send(), _main_loop)
             return
-        async_to_sync(layer.group_send)(group, dict(event))
+        async_to_sync(send)()
     except Exception:
         logger.warning("could not broadcast %s to %s", event["type"], group, exc_info=True)
 

@@ -12,7 +12,13 @@ from django.core.handlers.asgi import ASGIHandler
 from django.core.handlers.exception import convert_exception_to_response
 from django.http import HttpRequest, HttpResponseBase
 
-from nebula_site.errors import InternalError, NebulaError, error_response
+from nebula_site.errors import (
+    DATABASE_ERRORS,
+    InternalError,
+    NebulaError,
+    database_unavailable,
+    error_response,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +55,9 @@ class RequestIdMiddleware:
         request.request_id = new_request_id()  # type: ignore[attr-defined]
         response: HttpResponseBase = await self.get_response(request)
         response.headers.setdefault("x-request-id", request.request_id)  # type: ignore[attr-defined]
+        # The /v1 chain has no SecurityMiddleware (a thread hop per request); this is the
+        # header of its that matters for API responses.
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
         return response
 
 
@@ -67,6 +76,9 @@ class ApiErrorMiddleware:
             return await self.get_response(request)
         except NebulaError as error:
             return error_response(error)
+        except DATABASE_ERRORS:
+            logger.warning("database unreachable in %s %s", request.method, request.path)
+            return error_response(database_unavailable())
         except Exception:
             logger.exception("unhandled error in %s %s", request.method, request.path)
             return error_response(

@@ -17,7 +17,9 @@ from typing import Any
 import redis
 import redis.asyncio as aioredis
 from django.conf import settings
+from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.retry import Retry
 
 _lock = threading.Lock()
@@ -27,16 +29,30 @@ _async_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, aioredis.Re
 )
 _fake_server: Any = None
 
-# Fail fast: a request that cannot reach Redis should get a 503 within about a second, not hang.
-_CLIENT_OPTIONS: dict[str, Any] = {
-    "socket_connect_timeout": 1.0,
-    "socket_timeout": 5.0,
-    "health_check_interval": 15,
-}
+
+def _client_options() -> dict[str, Any]:
+    # Fail fast: a request that cannot reach Redis gets a 503 within NEBULA_REDIS_TIMEOUT, and
+    # a Redis that accepts connections but does not answer (stopped, partitioned) counts as
+    # down too rather than holding every request for a multiple of the timeout.
+    return {
+        "socket_connect_timeout": min(1.0, settings.NEBULA_REDIS_TIMEOUT),
+        "socket_timeout": settings.NEBULA_REDIS_TIMEOUT,
+        "health_check_interval": 15,
+    }
 
 
 def _retry() -> Retry:
-    return Retry(ExponentialBackoff(cap=0.2, base=0.02), retries=2)
+    # Reconnect on a dropped connection; never retry a command that timed out (the server is
+    # not answering, and retries would multiply the wait).
+    return Retry(
+        ExponentialBackoff(cap=0.2, base=0.02), retries=2, supported_errors=(RedisConnectionError,)
+    )
+
+
+def _async_retry() -> AsyncRetry:
+    return AsyncRetry(
+        ExponentialBackoff(cap=0.2, base=0.02), retries=2, supported_errors=(RedisConnectionError,)
+    )
 
 
 def _fake() -> Any:
@@ -60,7 +76,7 @@ def get_redis() -> redis.Redis:
                     _sync_client = fakeredis.FakeRedis(server=_fake())
                 else:
                     _sync_client = redis.Redis.from_url(
-                        settings.REDIS_URL, retry=_retry(), **_CLIENT_OPTIONS
+                        settings.REDIS_URL, retry=_retry(), **_client_options()
                     )
     return _sync_client
 
@@ -81,8 +97,8 @@ def get_async_redis() -> aioredis.Redis:
                 settings.REDIS_URL,
                 max_connections=256,
                 timeout=2,
-                retry=_retry(),
-                **_CLIENT_OPTIONS,
+                retry=_async_retry(),
+                **_client_options(),
             )
             client = aioredis.Redis(connection_pool=pool)
         _async_clients[loop] = client
@@ -95,7 +111,7 @@ def new_async_connection() -> aioredis.Redis:
         from fakeredis import aioredis as fake_aioredis
 
         return fake_aioredis.FakeRedis(server=_fake())
-    return aioredis.Redis.from_url(settings.REDIS_URL, **_CLIENT_OPTIONS)
+    return aioredis.Redis.from_url(settings.REDIS_URL, **_client_options())
 
 
 def new_sync_connection(**options: Any) -> redis.Redis:
@@ -104,7 +120,7 @@ def new_sync_connection(**options: Any) -> redis.Redis:
         import fakeredis
 
         return fakeredis.FakeRedis(server=_fake())
-    return redis.Redis.from_url(settings.REDIS_URL, **{**_CLIENT_OPTIONS, **options})
+    return redis.Redis.from_url(settings.REDIS_URL, **{**_client_options(), **options})
 
 
 def reset_clients() -> None:

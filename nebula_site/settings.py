@@ -62,6 +62,8 @@ NEBULA_QUEUE_TIMEOUT = env.float("NEBULA_QUEUE_TIMEOUT", 30.0, validate=POSITIVE
 # A worker that has not reported for this long is considered dead.
 NEBULA_WORKER_TTL = env.float("NEBULA_WORKER_TTL", 5.0, validate=POSITIVE)
 NEBULA_HEARTBEAT_INTERVAL = env.float("NEBULA_HEARTBEAT_INTERVAL", 1.0, validate=POSITIVE)
+# Seconds a Redis command may take before Redis counts as down (the API then answers 503).
+NEBULA_REDIS_TIMEOUT = env.float("NEBULA_REDIS_TIMEOUT", 2.0, validate=POSITIVE)
 # Upper bound on how long a key or model change can go unnoticed by a web process if the change
 # notification could not reach Redis (normally changes are seen on the very next request).
 NEBULA_CACHE_TTL = env.float("NEBULA_CACHE_TTL", 60.0, validate=POSITIVE)
@@ -77,6 +79,8 @@ NEBULA_DB_THREADS = env.int("NEBULA_DB_THREADS", 4, validate=POSITIVE)
 NEBULA_MAX_BODY_BYTES = env.int("NEBULA_MAX_BODY_BYTES", 1_048_576, validate=POSITIVE)
 NEBULA_MAX_MESSAGES = env.int("NEBULA_MAX_MESSAGES", 256, validate=POSITIVE)
 NEBULA_MAX_MESSAGE_CHARS = env.int("NEBULA_MAX_MESSAGE_CHARS", 200_000, validate=POSITIVE)
+# One body limit for every endpoint (daphne enforces it as bytes arrive: nebula_site.http_server).
+DATA_UPLOAD_MAX_MEMORY_SIZE = NEBULA_MAX_BODY_BYTES
 # The benchmark's trivial baseline view (/bench/baseline); off unless `make bench` turns it on.
 NEBULA_BENCH_BASELINE = env.bool("NEBULA_BENCH_BASELINE", False)
 # Where `bin/run` seeds the demo operator and user.
@@ -149,6 +153,17 @@ _db = DATABASES["default"]
 # Async hot paths use their own small pool of threads instead (nebula_site.db).
 _db["CONN_MAX_AGE"] = env.int("CONN_MAX_AGE", 0)
 _db["CONN_HEALTH_CHECKS"] = True
+if _db["ENGINE"] == "django.db.backends.postgresql":
+    # And a bounded pool of connections per process, so a burst of requests (each on a thread
+    # of its own) cannot exhaust the server's max_connections.
+    _db["CONN_MAX_AGE"] = 0
+    _db.setdefault("OPTIONS", {})["pool"] = {
+        "min_size": 1,
+        "max_size": env.int("NEBULA_DB_POOL_SIZE", 8, validate=POSITIVE),
+        # How long a request waits for a connection: when the server is down, this is how
+        # long until the 503.
+        "timeout": env.float("NEBULA_DB_POOL_TIMEOUT", 3.0, validate=POSITIVE),
+    }  # with CONN_HEALTH_CHECKS, Django has the pool check each connection it hands out
 if _db["ENGINE"] == "django.db.backends.sqlite3":
     # Web processes and workers write concurrently: WAL lets readers proceed during a write, and
     # IMMEDIATE transactions queue writers on the busy timeout instead of failing on upgrade.
@@ -199,7 +214,13 @@ WHITENOISE_USE_FINDERS = TESTING or DEBUG
 
 # --- Security -----------------------------------------------------------------------------------
 SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", 0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env.bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", False)
+SECURE_HSTS_PRELOAD = env.bool("SECURE_HSTS_PRELOAD", False)
 SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", False)
+# Behind a proxy that terminates TLS: the header it sets, e.g. HTTP_X_FORWARDED_PROTO (its value
+# must then be "https" for a secure request). Only set it if the proxy always sets the header.
+_proxy_ssl_header = env.str("SECURE_PROXY_SSL_HEADER", "")
+SECURE_PROXY_SSL_HEADER = (_proxy_ssl_header, "https") if _proxy_ssl_header else None
 SESSION_COOKIE_SECURE = env.bool("SESSION_COOKIE_SECURE", False)
 CSRF_COOKIE_SECURE = env.bool("CSRF_COOKIE_SECURE", False)
 SESSION_COOKIE_HTTPONLY = True
@@ -231,7 +252,13 @@ else:
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
             "CONFIG": {
-                "hosts": [REDIS_URL],
+                "hosts": [
+                    {
+                        "address": REDIS_URL,
+                        "socket_timeout": NEBULA_REDIS_TIMEOUT,
+                        "socket_connect_timeout": min(1.0, NEBULA_REDIS_TIMEOUT),
+                    }
+                ],
                 "prefix": "nebula-asgi",
                 # Dashboard events are small and bursty (a deploy emits several state changes);
                 # the default capacity of 100 silently drops group messages past it.
@@ -245,7 +272,8 @@ SESSION_ENGINE = "django.contrib.sessions.backends.db"
 
 # --- Celery -------------------------------------------------------------------------------------
 CELERY_BROKER_URL = REDIS_URL
-# kombu's Redis transport with one Redis client per channel instead of one per message.
+# kombu's Redis transport: one client per channel, and no crash on losing Redis mid-job
+# (see nebula_site.broker).
 CELERY_BROKER_TRANSPORT = "nebula_site.broker:Transport"
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_RESULT_BACKEND = None
@@ -275,7 +303,7 @@ REST_FRAMEWORK = {
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
-    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_PARSER_CLASSES": ["nebula_site.parsers.JSONParser"],
     "EXCEPTION_HANDLER": "nebula_site.errors.drf_exception_handler",
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
@@ -284,6 +312,8 @@ SPECTACULAR_SETTINGS = {
     "TITLE": "Nebula API",
     "DESCRIPTION": "API keys, model deployments, usage metrics and an OpenAI-compatible API.",
     "VERSION": NEBULA_VERSION,
+    # 3.1: the chat request's schema comes straight from its pydantic model (JSON Schema).
+    "OAS_VERSION": "3.1.0",
     "SERVE_INCLUDE_SCHEMA": False,
     "COMPONENT_SPLIT_REQUEST": True,
     "POSTPROCESSING_HOOKS": [

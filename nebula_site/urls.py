@@ -3,14 +3,23 @@ from __future__ import annotations
 from django.conf import settings
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
+from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.urls import include, path
+from django.views import defaults
 from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from inference import views as inference_views
-from nebula_site.errors import InternalError, NotFound, error_response
+from nebula_site.errors import (
+    InternalError,
+    InvalidRequest,
+    NotFound,
+    PayloadTooLarge,
+    PermissionDenied,
+    error_response,
+)
 
 urlpatterns = [
     path("v1/chat/completions", inference_views.chat_completions, name="chat-completions"),
@@ -40,6 +49,26 @@ _API_PREFIXES = ("/v1/", "/apikeys", "/models", "/metrics", "/health", "/api/", 
 
 def _is_api(request: HttpRequest) -> bool:
     return request.path.startswith(_API_PREFIXES)
+
+
+def handler400(request: HttpRequest, exception: Exception) -> HttpResponse:
+    """Django's refusals of suspicious requests (a Host not in ALLOWED_HOSTS, a body over
+    DATA_UPLOAD_MAX_MEMORY_SIZE): JSON on API URLs, not Django's HTML page."""
+    if _is_api(request):
+        if isinstance(exception, RequestDataTooBig):
+            return error_response(
+                PayloadTooLarge(
+                    f"The request body is larger than {settings.NEBULA_MAX_BODY_BYTES} bytes."
+                )
+            )
+        return error_response(InvalidRequest("Bad request.", code="bad_request"))
+    return defaults.bad_request(request, exception)
+
+
+def handler403(request: HttpRequest, exception: Exception) -> HttpResponse:
+    if _is_api(request):
+        return error_response(PermissionDenied("Permission denied."))
+    return defaults.permission_denied(request, exception)
 
 
 def handler404(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:

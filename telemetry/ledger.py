@@ -11,6 +11,7 @@ still one row.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -22,6 +23,8 @@ import redis
 from django.db import DataError, IntegrityError, close_old_connections, transaction
 
 from nebula_site.db import run_db
+from nebula_site.errors import DATABASE_ERRORS
+from nebula_site.logging import redact
 from nebula_site.redis_client import REDIS_ERRORS, get_async_redis, new_sync_connection
 
 logger = logging.getLogger(__name__)
@@ -89,7 +92,9 @@ def usage_event(
         "request_id": request_id,
         "key_id": key_id,
         "key_prefix": key_prefix,
-        "model": model[:256],
+        # Whatever the client sent as the model name: PostgreSQL refuses NUL in text, and a
+        # key pasted there must not end up in /metrics and the admin.
+        "model": redact(model.replace("\x00", ""))[:256],
         "endpoint": endpoint,
         "client": client,
         "worker": worker,
@@ -129,7 +134,7 @@ async def usage_record(event: UsageEvent) -> None:
     try:
         await get_async_redis().xadd(STREAM, {"d": encode(event)})
     except REDIS_ERRORS:
-        await run_db(usage_write_batch, [event])
+        await run_db(functools.partial(usage_write_batch, [event], redis_up=False))
 
 
 def _decode(fields: dict[bytes, bytes]) -> UsageEvent | None:
@@ -146,8 +151,12 @@ def _decode(fields: dict[bytes, bytes]) -> UsageEvent | None:
     return event
 
 
-def usage_write_batch(events: list[UsageEvent]) -> int:
-    """Insert records (idempotent by request id); update keys' last use; feed Prometheus."""
+def usage_write_batch(events: list[UsageEvent], *, redis_up: bool = True) -> int:
+    """Insert records (idempotent by request id); update keys' last use; feed Prometheus.
+
+    With `redis_up=False` (the fallback while Redis is down) only the database is written: each
+    Redis call would just wait out its timeout.
+    """
     from keys.models import ApiKey
     from keys.services import keys_touch_last_used
     from telemetry.models import UsageRecord
@@ -194,6 +203,8 @@ def usage_write_batch(events: list[UsageEvent]) -> int:
         fresh = [row for row in rows if row.request_id not in existing]
         UsageRecord.objects.bulk_create(fresh, ignore_conflicts=True, batch_size=500)
         keys_touch_last_used(last_used)
+    if not redis_up:
+        return len(fresh)
     inserted = {row.request_id for row in fresh}
     try:
         from telemetry.prometheus import metrics_observe
@@ -222,6 +233,7 @@ class LedgerConsumer:
         self.name = name
         self.stop = threading.Event()
         self._client: redis.Redis | None = None
+        self._unacknowledged = True  # entries a previous run of this consumer left pending
 
     @property
     def client(self) -> redis.Redis:
@@ -253,6 +265,11 @@ class LedgerConsumer:
                     continue
                 logger.exception("usage ledger error")
                 self.stop.wait(1.0)
+            except DATABASE_ERRORS:
+                # Entries stay pending in the stream; the next round retries them.
+                logger.warning("usage ledger cannot reach the database; retrying in 1 s")
+                close_old_connections()
+                self.stop.wait(1.0)
             except Exception:
                 logger.exception("usage ledger error; retrying in 1 s")
                 close_old_connections()
@@ -266,14 +283,22 @@ class LedgerConsumer:
         entries: list[tuple[bytes, dict[bytes, bytes]]] = [
             entry for entry in claimed[1] if entry and entry[1]
         ]
+        if not entries and self._unacknowledged:
+            # A batch this consumer read but could not write (the database was down): retry
+            # it now rather than after _CLAIM_IDLE_MS.
+            response: Any = self.client.xreadgroup(GROUP, self.name, {STREAM: "0"}, count=_BATCH)
+            for _stream, stream_entries in response or []:
+                entries.extend(entry for entry in stream_entries if entry and entry[1])
+            self._unacknowledged = bool(entries)
         if not entries:
-            response: Any = self.client.xreadgroup(
+            response = self.client.xreadgroup(
                 GROUP, self.name, {STREAM: ">"}, count=_BATCH, block=block_ms or None
             )
             for _stream, stream_entries in response or []:
                 entries.extend(stream_entries)
         if not entries:
             return 0
+        self._unacknowledged = True
         events = [event for _id, fields in entries if (event := _decode(fields)) is not None]
         close_old_connections()
         try:
@@ -291,6 +316,7 @@ class LedgerConsumer:
         pipe.xack(STREAM, GROUP, *ids)
         pipe.xdel(STREAM, *ids)
         pipe.execute()
+        self._unacknowledged = False
         return len(entries)
 
 

@@ -53,7 +53,10 @@ def _parse_window(text: str) -> timedelta:
     number, unit = text[:-1], text[-1:]
     if unit not in units or not number.isdigit() or int(number) <= 0:
         raise InvalidRequest("'window' looks like 15m, 24h or 7d.", param="window")
-    return timedelta(**{units[unit]: int(number)})
+    try:
+        return timedelta(**{units[unit]: int(number)})
+    except OverflowError:
+        raise InvalidRequest("The time range can span at most 31 days.", param="window") from None
 
 
 def percentiles(

@@ -158,7 +158,8 @@ def pytest_collection_modifyitems(config: Any, items: list[Any]) -> None:
     # (see tests/e2e/conftest.py).
     items.sort(
         key=lambda item: (
-            "live" in getattr(item, "fixturenames", ()),
+            "live" in getattr(item, "fixturenames", ())
+            or item.get_closest_marker("integration") is not None,
             item.get_closest_marker("browser") is not None,
         )
     )

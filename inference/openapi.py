@@ -1,0 +1,300 @@
+"""The OpenAI-compatible endpoints in Nebula's OpenAPI description (/api/schema/).
+
+`/v1/*` are plain async views on the lean handler, not DRF views, so drf-spectacular cannot see
+them; this postprocessing hook adds them. The request body is described by the same pydantic
+model that validates it (`inference.schemas.ChatCompletionRequest`), so the description cannot
+drift from what the server accepts. Responses follow OpenAI's published shapes.
+
+Every operation, DRF's included, also documents Nebula's one error format, so a client (or a
+fuzzer) can check any error body against it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+
+from inference.schemas import ChatCompletionRequest
+from keys.auth import API_KEY_SCHEME
+
+_REF = "#/components/schemas/{model}"
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"anyOf": [schema, {"type": "null"}]}
+
+
+_USAGE: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "prompt_tokens": {"type": "integer"},
+        "completion_tokens": {"type": "integer"},
+        "total_tokens": {"type": "integer"},
+        "prompt_tokens_details": {"type": "object"},
+        "completion_tokens_details": {"type": "object"},
+    },
+    "required": ["prompt_tokens", "completion_tokens", "total_tokens"],
+}
+
+_FINISH_REASON: dict[str, Any] = {"enum": ["stop", "length", "content_filter", None]}
+
+RESPONSE_SCHEMAS: dict[str, dict[str, Any]] = {
+    "OpenAIError": {
+        "type": "object",
+        "description": "Every error Nebula returns, on every endpoint, has this shape (OpenAI's).",
+        "properties": {
+            "error": {
+                "type": "object",
+                "properties": {
+                    "message": {"type": "string"},
+                    "type": {"type": "string"},
+                    "param": {"type": ["string", "null"]},
+                    "code": {"type": ["string", "null"]},
+                },
+                "required": ["message", "type", "param", "code"],
+                "additionalProperties": False,
+            }
+        },
+        "required": ["error"],
+        "additionalProperties": False,
+    },
+    "ChatCompletion": {
+        "type": "object",
+        "properties": {
+            "id": {"type": "string"},
+            "object": {"const": "chat.completion"},
+            "created": {"type": "integer"},
+            "model": {"type": "string"},
+            "system_fingerprint": {"type": "string"},
+            "service_tier": {"type": "string"},
+            "choices": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "properties": {
+                        "index": {"type": "integer"},
+                        "message": {
+                            "type": "object",
+                            "properties": {
+                                "role": {"const": "assistant"},
+                                "content": {"type": ["string", "null"]},
+                                "refusal": {"type": ["string", "null"]},
+                                "annotations": {"type": "array"},
+                            },
+                            "required": ["role", "content"],
+                        },
+                        "logprobs": {"type": "null"},
+                        "finish_reason": _FINISH_REASON,
+                    },
+                    "required": ["index", "message", "finish_reason"],
+                },
+            },
+            "usage": _USAGE,
+        },
+        "required": ["id", "object", "created", "model", "choices", "usage"],
+    },
+    "ChatCompletionChunk": {
+        "type": "object",
+        "description": (
+            "One `data:` line of the server-sent event stream (`stream: true`). The stream "
+            "ends with `data: [DONE]`; an error after the stream started arrives as one "
+            "`data:` line holding an OpenAIError, then `data: [DONE]`."
+        ),
+        "properties": {
+            "id": {"type": "string"},
+            "object": {"const": "chat.completion.chunk"},
+            "created": {"type": "integer"},
+            "model": {"type": "string"},
+            "choices": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "properties": {
+                        "index": {"type": "integer"},
+                        "delta": {"type": "object"},
+                        "logprobs": {"type": "null"},
+                        "finish_reason": _FINISH_REASON,
+                    },
+                    "required": ["index", "delta", "finish_reason"],
+                },
+            },
+            "usage": _nullable(_USAGE),
+        },
+        "required": ["id", "object", "created", "model", "choices"],
+    },
+    "Model": {
+        "type": "object",
+        "properties": {
+            "id": {"type": "string"},
+            "object": {"const": "model"},
+            "created": {"type": "integer"},
+            "owned_by": {"type": "string"},
+        },
+        "required": ["id", "object", "created", "owned_by"],
+    },
+    "ModelList": {
+        "type": "object",
+        "properties": {
+            "object": {"const": "list"},
+            "data": {"type": "array", "items": _ref("Model")},
+        },
+        "required": ["object", "data"],
+    },
+}
+
+# One server-sent event of a stream: a chunk, an error (after the stream started), or [DONE].
+_SSE_EVENT: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "data": {
+            "anyOf": [
+                {"const": "[DONE]"},
+                {
+                    "type": "string",
+                    "contentMediaType": "application/json",
+                    "contentSchema": {"anyOf": [_ref("ChatCompletionChunk"), _ref("OpenAIError")]},
+                },
+            ]
+        }
+    },
+    "required": ["data"],
+}
+
+_RATE_LIMIT_HEADERS = {
+    name: {"schema": {"type": "string"}, "description": description}
+    for name, description in {
+        "x-request-id": "The request's id; its usage record carries the same id.",
+        "X-RateLimit-Limit": "Requests per minute allowed for this key.",
+        "X-RateLimit-Remaining": "Requests this key could make right now.",
+        "X-RateLimit-Reset": "Unix time (seconds) when the allowance is full again.",
+    }.items()
+}
+
+
+def _error(description: str) -> dict[str, Any]:
+    return {
+        "description": description,
+        "content": {"application/json": {"schema": _ref("OpenAIError")}},
+    }
+
+
+_ERRORS: dict[str, dict[str, Any]] = {
+    "401": _error("Missing, malformed, unknown, revoked or expired API key."),
+    "429": _error("Rate limit reached; see Retry-After."),
+    "503": _error("Redis, the workers or the GPU fleet cannot serve the request right now."),
+    "default": _error("Any other error, in the same format."),
+}
+
+_SECURITY: list[dict[str, list[str]]] = [{"ApiKeyAuth": []}]
+
+
+def _paths() -> dict[str, Any]:
+    models_ops = {
+        "get": {
+            "operationId": "v1_models_list",
+            "summary": "Ready models this key may use (OpenAI's `GET /v1/models`).",
+            "tags": ["openai"],
+            "security": _SECURITY,
+            "responses": {
+                "200": {
+                    "description": "",
+                    "headers": _RATE_LIMIT_HEADERS,
+                    "content": {"application/json": {"schema": _ref("ModelList")}},
+                },
+                **_ERRORS,
+            },
+        }
+    }
+    model_ops = {
+        "get": {
+            "operationId": "v1_models_retrieve",
+            "summary": "One model (OpenAI's `GET /v1/models/{model}`).",
+            "tags": ["openai"],
+            "security": _SECURITY,
+            "parameters": [
+                {"name": "model_id", "in": "path", "required": True, "schema": {"type": "string"}}
+            ],
+            "responses": {
+                "200": {
+                    "description": "",
+                    "headers": _RATE_LIMIT_HEADERS,
+                    "content": {"application/json": {"schema": _ref("Model")}},
+                },
+                "404": _error("No such ready model, or this key may not use it."),
+                **_ERRORS,
+            },
+        }
+    }
+    chat_ops = {
+        "post": {
+            "operationId": "v1_chat_completions_create",
+            "summary": "Create a chat completion (OpenAI's `POST /v1/chat/completions`).",
+            "description": (
+                "Streams server-sent events when `stream` is true. Size limits: the body at "
+                f"most {settings.NEBULA_MAX_BODY_BYTES} bytes (413), at most "
+                f"{settings.NEBULA_MAX_MESSAGES} messages of at most "
+                f"{settings.NEBULA_MAX_MESSAGE_CHARS} characters each, and the prompt plus "
+                "`max_tokens` within the model's context (400)."
+            ),
+            "tags": ["openai"],
+            "security": _SECURITY,
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": _ref("ChatCompletionRequest")}},
+            },
+            "responses": {
+                "200": {
+                    "description": "The completion, or its event stream.",
+                    "headers": _RATE_LIMIT_HEADERS,
+                    "content": {
+                        "application/json": {"schema": _ref("ChatCompletion")},
+                        "text/event-stream": {"schema": _SSE_EVENT},
+                    },
+                },
+                "400": _error("Invalid body: the `param` names the offending field."),
+                "403": _error("This key may not use the model."),
+                "404": _error("No such ready model."),
+                "413": _error("The body is too large."),
+                "415": _error("The body is not JSON."),
+                **_ERRORS,
+            },
+        }
+    }
+    return {
+        "/v1/chat/completions": chat_ops,
+        "/v1/models": models_ops,
+        "/v1/models/{model_id}": model_ops,
+    }
+
+
+def request_schemas() -> dict[str, Any]:
+    """The chat request as validated, and the models it refers to, as schema components."""
+    schema = ChatCompletionRequest.model_json_schema(ref_template=_REF)
+    components: dict[str, Any] = schema.pop("$defs", {})
+    components["ChatCompletionRequest"] = schema
+    return components
+
+
+def add_openai_paths(
+    result: dict[str, Any], generator: Any, request: Any, public: bool
+) -> dict[str, Any]:
+    """drf-spectacular postprocessing hook (SPECTACULAR_SETTINGS['POSTPROCESSING_HOOKS'])."""
+    components = result.setdefault("components", {})
+    schemas = components.setdefault("schemas", {})
+    for name, schema in {**request_schemas(), **RESPONSE_SCHEMAS}.items():
+        if name in schemas and schemas[name] != schema:
+            raise ValueError(f"OpenAPI component {name} is defined twice")
+        schemas[name] = schema
+    components.setdefault("securitySchemes", {}).setdefault("ApiKeyAuth", API_KEY_SCHEME)
+    # The management API's errors have the same shape as the OpenAI API's.
+    for operations in result.get("paths", {}).values():
+        for operation in operations.values():
+            if isinstance(operation, dict) and "responses" in operation:
+                operation["responses"].setdefault("default", _ERRORS["default"])
+    result["paths"] = {**_paths(), **result.get("paths", {})}
+    return result
