@@ -9,7 +9,10 @@ import logging
 from typing import Any
 
 import orjson
+from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
+from django.contrib.auth import HASH_SESSION_KEY, SESSION_KEY, get_user_model
+from django.utils.crypto import constant_time_compare
 
 from keys.access import Actor, actor_for_user
 from nebula_site.errors import InternalError, InvalidRequest, NebulaError
@@ -76,6 +79,26 @@ class DashboardConsumer(AsyncWebsocketConsumer):
     async def opened(self) -> None:
         """Called once the socket is accepted for a logged-in user."""
 
+    async def still_logged_in(self) -> bool:
+        """Is the session this socket opened with still a login of the same active user?
+
+        Checked before anything is sent or done on the user's behalf, so logging out (or being
+        deactivated, or changing one's password) elsewhere ends the socket too. A socket opened
+        without a session (Channels' test communicator given a user) has nothing to re-check.
+        """
+        session = self.scope.get("session")
+        if session is None or not session.session_key:
+            return True
+        return await database_sync_to_async(_session_still_valid)(
+            session.session_key, self.actor.user.pk
+        )
+
+    async def end_logged_out(self) -> None:
+        await self.send_error(
+            InvalidRequest("Your session has ended. Log in again.", code="not_authenticated")
+        )
+        await self.close(code=CLOSE_NOT_AUTHENTICATED)
+
     # --- input ----------------------------------------------------------------------------------
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         try:
@@ -95,6 +118,9 @@ class DashboardConsumer(AsyncWebsocketConsumer):
                     param="type",
                     code="invalid_message",
                 )
+            if not await self.still_logged_in():
+                await self.end_logged_out()
+                return
             await self.handle(message)
         except NebulaError as error:
             await self.send_error(error)
@@ -166,6 +192,9 @@ class SnapshotConsumer(DashboardConsumer):
         while self._dirty:
             self._dirty = False
             started = loop.time()
+            if not await self.still_logged_in():
+                await self.end_logged_out()
+                return
             await self.push()
             await asyncio.sleep(max(self.min_gap - (loop.time() - started), 0))
 
@@ -176,3 +205,17 @@ class SnapshotConsumer(DashboardConsumer):
 
     async def push(self) -> None:
         raise NotImplementedError
+
+
+def _session_still_valid(session_key: str, user_id: Any) -> bool:
+    from importlib import import_module
+
+    from django.conf import settings
+
+    session = import_module(settings.SESSION_ENGINE).SessionStore(session_key)
+    if str(session.get(SESSION_KEY)) != str(user_id):
+        return False
+    user = get_user_model().objects.filter(pk=user_id, is_active=True).first()
+    if user is None:
+        return False
+    return constant_time_compare(session.get(HASH_SESSION_KEY, ""), user.get_session_auth_hash())

@@ -338,3 +338,35 @@ def test_usage_events_carry_no_data(alice, make_key, transactional_db):
         return await listener
 
     assert run(scenario()) == {"type": "overview.changed"}
+
+
+def test_logging_out_elsewhere_ends_the_socket(alice, transactional_db):
+    from channels.auth import AuthMiddlewareStack
+    from channels.layers import get_channel_layer
+    from django.test import Client
+
+    from nebula_site.events import OVERVIEW_GROUP
+
+    browser = Client()
+    browser.force_login(alice)
+    cookie = f"sessionid={browser.cookies['sessionid'].value}".encode()
+
+    async def scenario():
+        communicator = WebsocketCommunicator(
+            AuthMiddlewareStack(OverviewConsumer.as_asgi()),
+            "/ws/overview/",
+            headers=[(b"cookie", cookie)],
+        )
+        connected, _ = await communicator.connect()
+        assert connected
+        await next_of(communicator, "overview")
+        from channels.db import database_sync_to_async
+
+        await database_sync_to_async(browser.logout)()  # in another tab, say
+        await get_channel_layer().group_send(OVERVIEW_GROUP, {"type": "overview.changed"})
+        error = await next_of(communicator, "error")
+        assert error["code"] == "not_authenticated"
+        closed = await communicator.receive_output(timeout=5)
+        assert closed == {"type": "websocket.close", "code": CLOSE_NOT_AUTHENTICATED}
+
+    run(scenario())
