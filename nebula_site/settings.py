@@ -101,6 +101,7 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "rest_framework",
     "drf_spectacular",
+    "drf_spectacular_sidecar",
     "channels",
     "axes",
     "nebula_site",
@@ -269,6 +270,9 @@ else:
     }
 
 SESSION_ENGINE = "django.contrib.sessions.backends.db"
+# Flash messages live in the server-side session, not in a cookie: the one that shows an admin
+# a new key's secret must not travel back and forth as a (signed, readable) cookie.
+MESSAGE_STORAGE = "django.contrib.messages.storage.session.SessionStorage"
 
 # --- Celery -------------------------------------------------------------------------------------
 CELERY_BROKER_URL = REDIS_URL
@@ -315,6 +319,9 @@ SPECTACULAR_SETTINGS = {
     # 3.1: the chat request's schema comes straight from its pydantic model (JSON Schema).
     "OAS_VERSION": "3.1.0",
     "SERVE_INCLUDE_SCHEMA": False,
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",

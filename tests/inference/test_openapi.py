@@ -1,5 +1,6 @@
 """/api/schema/ and /api/docs/: the OpenAPI description, /v1 included, and its Swagger UI."""
 
+import re
 import json
 
 import pytest
@@ -74,3 +75,12 @@ def test_the_docs_page_serves_swagger_ui_pointing_at_the_schema(client):
     assert response["Content-Type"].startswith("text/html")
     page = response.content.decode()
     assert "swagger-ui" in page and "/api/schema/" in page
+
+
+def test_the_docs_page_loads_nothing_from_a_cdn(client):
+    page = client.get("/api/docs/").content.decode()
+    scripts = re.findall(r'<(?:script|link)[^>]+(?:src|href)="([^"]+)"', page)
+    assert scripts, page
+    assert all(url.startswith("/static/") for url in scripts), scripts
+    for url in scripts:
+        assert client.get(url).status_code == 200

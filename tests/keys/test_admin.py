@@ -79,3 +79,13 @@ def test_deployments_are_listed_with_their_state(admin_client, ready_model):
     ready_model("nebula-admin-7b")
     page = admin_client.get("/admin/models_registry/deployedmodel/").content.decode()
     assert "nebula-admin-7b" in page and "ready" in page
+
+
+def test_the_new_secret_never_travels_in_a_cookie(admin_client, alice):
+    response = admin_client.post(
+        "/admin/keys/apikey/add/",
+        {"name": "cookie check", "owner": alice.pk, "rpm_limit": 10, "allowed_models": "[]"},
+    )
+    assert response.status_code == 302
+    cookies = "; ".join(f"{name}={morsel.value}" for name, morsel in response.cookies.items())
+    assert "nb_" not in cookies and "messages" not in cookies
