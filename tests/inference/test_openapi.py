@@ -1,7 +1,7 @@
 """/api/schema/ and /api/docs/: the OpenAPI description, /v1 included, and its Swagger UI."""
 
-import re
 import json
+import re
 
 import pytest
 from drf_spectacular.validation import validate_schema
