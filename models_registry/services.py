@@ -7,7 +7,7 @@ import re
 import time
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Required, TypedDict, Unpack
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
@@ -143,16 +143,32 @@ def _record(model: DeployedModel, from_state: str, to_state: str, note: str = ""
     ModelEvent.objects.create(model=model, from_state=from_state, to_state=to_state, note=note)
 
 
-def validate_deployment(
-    *,
-    name: str,
-    params_billions: float,
-    gpu: str,
-    gpus_per_replica: int,
-    replicas: int,
-    max_concurrent_seqs: int,
-    context_length: int,
-) -> GpuType:
+class DeploymentSpec(TypedDict, total=False):
+    """What an operator asks for when deploying (defaults in DEPLOYMENT_DEFAULTS)."""
+
+    name: Required[str]
+    params_billions: Required[float]
+    gpu_type: Required[str]
+    gpus_per_replica: int
+    replicas: int
+    max_concurrent_seqs: int
+    context_length: int
+
+
+DEPLOYMENT_DEFAULTS = {
+    "gpus_per_replica": 1,
+    "replicas": 1,
+    "max_concurrent_seqs": 8,
+    "context_length": 8192,
+}
+
+
+def validate_deployment(spec: DeploymentSpec) -> GpuType:
+    """The GPU type the spec names, or 400 naming the first field that is wrong."""
+    full: dict[str, Any] = {**DEPLOYMENT_DEFAULTS, **spec}
+    name, params_billions, gpu = full["name"], full["params_billions"], full["gpu_type"]
+    gpus_per_replica, replicas = full["gpus_per_replica"], full["replicas"]
+    max_concurrent_seqs, context_length = full["max_concurrent_seqs"], full["context_length"]
     if not NAME_RE.match(name or ""):
         raise InvalidRequest(
             "A model name is 1-64 letters, digits, '.', '_', ':' or '-', starting with a letter "
@@ -181,28 +197,12 @@ def validate_deployment(
 
 
 def _create_deployment(
-    *,
-    owner: Any,
-    state: ModelState,
-    note: str,
-    name: str,
-    params_billions: float,
-    gpu_type: str,
-    gpus_per_replica: int,
-    replicas: int,
-    max_concurrent_seqs: int,
-    context_length: int,
+    *, owner: Any, state: ModelState, note: str, spec: DeploymentSpec
 ) -> DeployedModel:
     """Validate and create a deployment in `state`, inside the caller's transaction."""
-    gpu = validate_deployment(
-        name=name,
-        params_billions=params_billions,
-        gpu=gpu_type,
-        gpus_per_replica=gpus_per_replica,
-        replicas=replicas,
-        max_concurrent_seqs=max_concurrent_seqs,
-        context_length=context_length,
-    )
+    gpu = validate_deployment(spec)
+    full: dict[str, Any] = {**DEPLOYMENT_DEFAULTS, **spec}
+    name = full["name"]
     if DeployedModel.objects.filter(name=name, state__in=LIVE_STATES).exists():
         raise InvalidRequest(
             f"A deployment named '{name}' already exists. Undeploy it first or pick another name.",
@@ -212,16 +212,18 @@ def _create_deployment(
     model = DeployedModel(
         owner=owner,
         name=name,
-        parameters=round(params_billions * 1e9),
+        parameters=round(full["params_billions"] * 1e9),
         gpu_type=gpu.key,
-        gpus_per_replica=gpus_per_replica,
-        replicas=replicas,
-        max_concurrent_seqs=max_concurrent_seqs,
-        context_length=context_length,
+        gpus_per_replica=full["gpus_per_replica"],
+        replicas=full["replicas"],
+        max_concurrent_seqs=full["max_concurrent_seqs"],
+        context_length=full["context_length"],
         state=state,
     )
     if state == ModelState.READY:  # skipping the load skips its fit check too: do it here
-        fit = model_fit(parameters=model.parameters, gpu=gpu, gpus_per_replica=gpus_per_replica)
+        fit = model_fit(
+            parameters=model.parameters, gpu=gpu, gpus_per_replica=model.gpus_per_replica
+        )
         if not fit.fits:
             raise InvalidRequest(fit_failure_message(model, fit), param="gpus_per_replica")
     try:
@@ -236,65 +238,27 @@ def _create_deployment(
     return model
 
 
-def model_deploy(
-    *,
-    owner: Any,
-    name: str,
-    params_billions: float,
-    gpu_type: str,
-    gpus_per_replica: int = 1,
-    replicas: int = 1,
-    max_concurrent_seqs: int = 8,
-    context_length: int = 8192,
-) -> DeployedModel:
+def model_deploy(*, owner: Any, **spec: Unpack[DeploymentSpec]) -> DeployedModel:
     """Create a pending deployment and start loading it on a worker."""
     from models_registry.tasks import load_model
     from nebula_site.tasks import enqueue_on_commit
 
     with transaction.atomic():
         model = _create_deployment(
-            owner=owner,
-            state=ModelState.PENDING,
-            note="deployment requested",
-            name=name,
-            params_billions=params_billions,
-            gpu_type=gpu_type,
-            gpus_per_replica=gpus_per_replica,
-            replicas=replicas,
-            max_concurrent_seqs=max_concurrent_seqs,
-            context_length=context_length,
+            owner=owner, state=ModelState.PENDING, note="deployment requested", spec=spec
         )
         enqueue_on_commit(load_model, model.pk)
     return model
 
 
-def model_seed_ready(
-    *,
-    owner: Any,
-    name: str,
-    params_billions: float,
-    gpu_type: str,
-    gpus_per_replica: int = 1,
-    replicas: int = 1,
-    max_concurrent_seqs: int = 8,
-    context_length: int = 8192,
-) -> tuple[DeployedModel, bool]:
+def model_seed_ready(*, owner: Any, **spec: Unpack[DeploymentSpec]) -> tuple[DeployedModel, bool]:
     """A ready deployment without the loading wait (demo data, benchmarks). Idempotent by name."""
-    existing = DeployedModel.objects.filter(name=name, state__in=LIVE_STATES).first()
+    existing = DeployedModel.objects.filter(name=spec["name"], state__in=LIVE_STATES).first()
     if existing is not None:
         return existing, False
     with transaction.atomic():
         model = _create_deployment(
-            owner=owner,
-            state=ModelState.READY,
-            note="seeded ready",
-            name=name,
-            params_billions=params_billions,
-            gpu_type=gpu_type,
-            gpus_per_replica=gpus_per_replica,
-            replicas=replicas,
-            max_concurrent_seqs=max_concurrent_seqs,
-            context_length=context_length,
+            owner=owner, state=ModelState.READY, note="seeded ready", spec=spec
         )
     return model, True
 

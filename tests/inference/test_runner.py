@@ -2,6 +2,7 @@
 
 import threading
 import time
+import uuid
 
 import pytest
 
@@ -11,6 +12,7 @@ from inference.jobs import CANCEL, JOB_TTL_SECONDS, job_key
 from inference.runner import completion_execute
 from inference.slots import slots_key, waiting_key
 from inference.workers import WorkerRuntime
+from tests.support.faults import wait_until
 from tests.support.jobs import ReplyListener, make_job, usage_events
 
 
@@ -125,7 +127,7 @@ def _run_concurrently(jobs, worker):
 def test_with_capacity_two_a_third_concurrent_job_waits(settings, worker, listener, redis_client):
     # 20B on 2×L4 decodes a token in ~95 ms; at scale 0.5, eight tokens take ~0.3 s.
     settings.NEBULA_SIM_TIME_SCALE = 0.5
-    model = "capacity-two"
+    model = f"capacity-two-{uuid.uuid4().hex[:6]}"
     jobs = [
         make_job(
             reply_to=listener.channel, model=model, params_billions=20, gpu="L4", gpus=2, capacity=2
@@ -133,9 +135,15 @@ def test_with_capacity_two_a_third_concurrent_job_waits(settings, worker, listen
         for _ in range(3)
     ]
     threads = _run_concurrently(jobs, worker)
-    time.sleep(0.15)
-    assert redis_client.zcard(slots_key(model)) == 2
-    assert redis_client.zrange(waiting_key(model), 0, -1) == [jobs[2]["id"].encode()]
+    # Two run, the third waits in line (however slowly this machine starts the threads).
+    wait_until(
+        lambda: (
+            redis_client.zcard(slots_key(model)) == 2
+            and redis_client.zrange(waiting_key(model), 0, -1) == [jobs[2]["id"].encode()]
+        ),
+        timeout=5,
+        interval=0.01,
+    )
     for thread in threads:
         thread.join()
     third_started = listener.at(jobs[2]["id"], "start")
@@ -148,7 +156,7 @@ def test_with_capacity_two_a_third_concurrent_job_waits(settings, worker, listen
 
 def test_raising_capacity_lets_a_waiting_job_in(settings, worker, listener, redis_client):
     settings.NEBULA_SIM_TIME_SCALE = 0.5
-    model = "capacity-one"
+    model = f"capacity-one-{uuid.uuid4().hex[:6]}"
     redis_client.hset("nebula:capacity", model, 1)
     jobs = [
         make_job(
@@ -158,16 +166,16 @@ def test_raising_capacity_lets_a_waiting_job_in(settings, worker, listener, redi
             gpu="L4",
             gpus=2,
             capacity=1,
-            max_tokens=12,
+            max_tokens=40,  # ~2 s: long enough to see both run at once
+            ignore_eos=True,
         )
         for _ in range(2)
     ]
     threads = _run_concurrently(jobs, worker)
-    time.sleep(0.1)
-    assert redis_client.zcard(waiting_key(model)) == 1
+    wait_until(lambda: redis_client.zcard(waiting_key(model)) == 1, timeout=5, interval=0.01)
+    assert redis_client.zcard(slots_key(model)) == 1
     redis_client.hset("nebula:capacity", model, 2)  # what model_scale publishes
-    time.sleep(0.15)
-    assert redis_client.zcard(slots_key(model)) == 2
+    wait_until(lambda: redis_client.zcard(slots_key(model)) == 2, timeout=1, interval=0.01)
     for thread in threads:
         thread.join()
     redis_client.hdel("nebula:capacity", model)
