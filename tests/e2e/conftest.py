@@ -29,7 +29,8 @@ def browser() -> Iterator[Any]:
     from playwright.sync_api import sync_playwright
 
     if not Path(CHROMIUM).exists():
-        pytest.skip(f"no Chromium at {CHROMIUM} (make test installs it)")
+        # Red, not skipped: a run without a browser has not proven the dashboard.
+        pytest.fail(f"no Chromium at {CHROMIUM}: `make browser-deps` installs it")
     os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
     try:
         with sync_playwright() as playwright:
