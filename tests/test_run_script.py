@@ -5,6 +5,7 @@ import re
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import httpx
 import openai
@@ -30,15 +31,19 @@ def start(tmp_path, redis_url):
             "NEBULA_WORKER_CONCURRENCY": "8",
         }
     )
-    log = (tmp_path / f"run-{port}.log").open("w+")
-    process = subprocess.Popen(
-        ["bin/run"],
-        cwd=ROOT,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    log = tmp_path / f"run-{port}.log"
+    # The child gets its own append-mode handle and we read through the path: a handle shared
+    # with the child shares its file offset, so seeking it to read would make the child's next
+    # line overwrite the start of the log.
+    with log.open("a") as handle:
+        process = subprocess.Popen(
+            ["bin/run"],
+            cwd=ROOT,
+            env=env,
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     return process, f"http://127.0.0.1:{port}", log
 
 
@@ -53,8 +58,7 @@ def wait_healthy(url, process, log, workers):
         except (httpx.HTTPError, ValueError):
             pass
         time.sleep(0.1)
-    log.seek(0)
-    pytest.fail(f"bin/run did not become healthy:\n{log.read()}")
+    pytest.fail(f"bin/run did not become healthy:\n{output(log)}")
 
 
 def stop(process):
@@ -67,9 +71,8 @@ def stop(process):
     assert leftover == [], f"processes left running: {leftover}"
 
 
-def output(log):
-    log.seek(0)
-    return log.read()
+def output(log: Path) -> str:
+    return log.read_text()
 
 
 def test_run_starts_daphne_and_a_worker_and_ctrl_c_stops_both(tmp_path):
