@@ -256,6 +256,7 @@ async def streaming(
             ttft.append(result.ttft_ms)
         gaps += result.gaps_ms()
     out.update(
+        server=await asyncio.to_thread(server_timings, results),
         ttft_ms=summarize(ttft),
         inter_chunk_ms=summarize(gaps),
         tokens_delivered=tokens,
@@ -266,6 +267,42 @@ async def streaming(
         problems=problems[:20],
     )
     return out
+
+
+def server_timings(results: list[StreamResult], wait: float = 15.0) -> dict[str, Any]:
+    """Where the bursts' streams spent their time on the servers, from their usage records:
+    from the web process enqueueing a job to a worker taking its GPU slot (`queue_ms`), and to
+    the worker generating its first token (`ttft_ms`). The workers' ledger writes the records
+    a moment after each stream ends, so wait for them."""
+    from telemetry.models import UsageRecord
+
+    ids = [rid for rid in map(stream_request_id, results) if rid is not None]
+    deadline = time.monotonic() + wait
+    while True:
+        records = list(
+            UsageRecord.objects.filter(request_id__in=ids).values_list("queue_ms", "ttft_ms")
+        )
+        if len(records) >= len(ids) or time.monotonic() > deadline:
+            break
+        time.sleep(0.25)
+    return {
+        "records": len(records),
+        "streams": len(ids),
+        "queue_ms": summarize([q for q, _ in records if q is not None]),
+        "first_token_ms": summarize([t for _, t in records if t is not None]),
+    }
+
+
+def stream_request_id(result: StreamResult) -> str | None:
+    """The request id behind a stream: its chunks' id is `chatcmpl-` + the id without `req_`."""
+    for event in result.events:
+        try:
+            chunk_id = json.loads(event).get("id", "")
+        except (ValueError, AttributeError):
+            continue
+        if chunk_id.startswith("chatcmpl-"):
+            return "req_" + chunk_id.removeprefix("chatcmpl-")
+    return None
 
 
 def memory(
@@ -347,6 +384,7 @@ def rows_streaming(s3: dict[str, Any]) -> list[Row]:
             f"{over99:+.2f} ms"),
         Row("3. TTFT p50, one stream at a time (ms)", fmt(ib["p50"]), fmt(inb["p50"]),
             f"{idle50:+.2f} ms"),
+        *rows_server(s3),
         Row("3. inter-chunk p50 / p99 (ms)", "",
             f"{fmt(gaps.get('p50'))} / {fmt(gaps.get('p99'))}"),
         Row("3. tokens/s delivered (aggregate)", "", fmt(s3["tokens_per_second"], 0), "",
@@ -354,6 +392,20 @@ def rows_streaming(s3: dict[str, Any]) -> list[Row]:
         Row("3. streams whole and in order", "",
             f"{s3['streams_checked'] - s3['streams_broken']}/{s3['streams_checked']}", "",
             "all", s3["streams_broken"] == 0),
+    ]  # fmt: skip
+
+
+def rows_server(s3: dict[str, Any]) -> list[Row]:
+    server = s3.get("server") or {}
+    queue, first = server.get("queue_ms", {}), server.get("first_token_ms", {})
+    if not queue.get("n"):
+        return []
+    return [
+        Row("3. at once: enqueued → on a worker's GPU p50 / p90 (ms)", "",
+            f"{fmt(queue['p50'])} / {fmt(queue['p90'])}",
+            f"{server['records']}/{server['streams']} usage records"),
+        Row("3. at once: enqueued → first token generated p50 / p90 (ms)", "",
+            f"{fmt(first.get('p50'))} / {fmt(first.get('p90'))}"),
     ]  # fmt: skip
 
 

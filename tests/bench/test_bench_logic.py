@@ -142,3 +142,13 @@ def test_wrk_script_carries_method_headers_and_body() -> None:
     assert 'wrk.headers["Authorization"] = "Bearer x"' in script
     assert 'wrk.body = "{\\"a\\":1}"' in script
     assert "done = function" in script
+
+
+def test_a_streams_request_id_is_read_back_from_its_chunk_id() -> None:
+    from bench.__main__ import stream_request_id
+    from bench.streams import StreamResult
+    from inference.responses import completion_id
+
+    chunk = json.dumps({"id": completion_id("req_0123abc"), "choices": []})
+    assert stream_request_id(StreamResult(events=['{"error": {}}', chunk])) == "req_0123abc"
+    assert stream_request_id(StreamResult(events=["[DONE]", "not json"])) is None
