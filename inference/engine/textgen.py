@@ -85,7 +85,11 @@ def _pick(
         # Fully determined by the prompt: still varied, never a loop on the top choice.
         weights = [float(count) for _, count in options]
     else:
-        weights = [float(count) ** (1.0 / temperature) for _, count in options]
+        # Relative to the most frequent option (options come most frequent first), so a tiny
+        # temperature sends the others towards 0 instead of overflowing a float (1e-7 makes
+        # the exponent 10 million).
+        top = float(options[0][1])
+        weights = [(count / top) ** (1.0 / temperature) for _, count in options]
     if top_p < 1.0:
         total = sum(weights)
         kept, mass = 0, 0.0

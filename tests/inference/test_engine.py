@@ -1,6 +1,8 @@
 """The simulated engine, without Django or Celery."""
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from inference.engine import (
     Generation,
@@ -39,6 +41,14 @@ def test_a_different_seed_gives_different_text():
 def test_temperature_zero_is_deterministic_even_without_a_seed():
     first = generate_all(request(seed=None, temperature=0)).texts()
     assert first == generate_all(request(seed=None, temperature=0)).texts()
+
+
+@pytest.mark.parametrize("temperature", [1e-7, 1e-3, 0.01])
+def test_a_tiny_temperature_samples_almost_greedily_instead_of_failing(temperature):
+    # Found by the API fuzzer: count ** (1 / 1e-7) overflowed a float and the job failed.
+    generation = generate_all(request(temperature=temperature, max_tokens=64))
+    assert generation.texts()[0].strip()
+    assert generation.finish_reasons() in (["stop"], ["length"])
 
 
 def test_without_a_seed_replies_vary():
@@ -148,3 +158,38 @@ def test_ignore_eos_and_min_tokens_keep_generating_like_vllm():
     assert generate_all(request(ignore_eos=True, max_tokens=500)).completion_tokens == 500
     longer = generate_all(request(min_tokens=natural + 50)).completion_tokens
     assert longer >= natural + 50
+
+
+@settings(max_examples=200, deadline=None, derandomize=True, database=None)
+@given(
+    temperature=st.floats(min_value=0, max_value=2),
+    top_p=st.floats(min_value=0, max_value=1),
+    n=st.integers(min_value=1, max_value=4),
+    max_tokens=st.integers(min_value=1, max_value=48),
+    min_tokens=st.integers(min_value=0, max_value=64),
+    ignore_eos=st.booleans(),
+    stop=st.lists(st.text(min_size=1, max_size=6), max_size=4),
+    seed=st.none() | st.integers(min_value=-(2**63), max_value=2**63 - 1),
+    user_text=st.text(max_size=40),
+)
+def test_every_accepted_sampling_setting_generates_to_the_end(
+    temperature, top_p, n, max_tokens, min_tokens, ignore_eos, stop, seed, user_text
+):
+    generation = generate_all(
+        request(
+            temperature=temperature,
+            top_p=top_p,
+            n=n,
+            max_tokens=max_tokens,
+            min_tokens=min_tokens,
+            ignore_eos=ignore_eos,
+            stop=tuple(stop),
+            seed=seed,
+            user_text=user_text,
+            prompt_text=f"user: {user_text}",
+        )
+    )
+    assert all(reason in {"stop", "length"} for reason in generation.finish_reasons())
+    assert generation.completion_tokens <= n * max_tokens
+    for text in generation.texts():
+        assert not any(sequence in text for sequence in stop)
