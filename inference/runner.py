@@ -332,7 +332,7 @@ def completion_execute(job: JobPayload, worker: WorkerRuntime) -> None:
     if got == JOB_GONE:
         return  # abandoned or cancelled while waiting: the web process records it
     model = job["model"]["name"]
-    with worker.holding_slot(model, job["id"]):
+    with worker.holding_slot(model, job["id"], run.owner):
         try:
             if got == NO_LISTENER:
                 raise JobGone

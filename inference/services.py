@@ -531,6 +531,10 @@ class Completion:
                 self.attempts += 1
                 self.started = False
                 self._seq = 0
+                # The resent job gets the full queue timeout again: counted from the first
+                # enqueue, a job that ran for longer than that would be abandoned as soon as it
+                # had to wait for a slot. (Its place in line still dates from the first enqueue.)
+                self.deadline = time.time() + settings.NEBULA_QUEUE_TIMEOUT
                 await client.lpush(QUEUE, celery_message(self.payload))
             return
         if await TAKE_OVER.acall(client, [key], [worker, "fail", JOB_TTL_SECONDS]):

@@ -70,22 +70,25 @@ class WorkerRuntime:
         self.concurrency = concurrency
         self.started_at = time.time()
         self._lock = threading.Lock()
-        self._running: dict[str, str] = {}  # request id → model
+        # run (JobRun.owner) → (model, request id). By run, not by request: a request given up
+        # for dead and resent may run here again while its first run has yet to stand down, and
+        # the first run ending must not drop the second one's lease renewal.
+        self._running: dict[str, tuple[str, str]] = {}
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._ledger: Any = None
 
     # --- jobs -------------------------------------------------------------------------------
     @contextlib.contextmanager
-    def holding_slot(self, model: str, request_id: str) -> Iterator[None]:
+    def holding_slot(self, model: str, request_id: str, run: str) -> Iterator[None]:
         """Register a held slot, so the heartbeat keeps its lease alive while the job runs."""
         with self._lock:
-            self._running[request_id] = model
+            self._running[run] = (model, request_id)
         try:
             yield
         finally:
             with self._lock:
-                self._running.pop(request_id, None)
+                self._running.pop(run, None)
 
     @property
     def busy(self) -> int:
@@ -112,7 +115,7 @@ class WorkerRuntime:
             [self.id, orjson.dumps(self.info()), max(int(ttl * 3), 3), 3_600_000],
         )
         with self._lock:
-            held = [(model, request_id) for request_id, model in self._running.items()]
+            held = sorted(set(self._running.values()))
         slots_renew(client, held)
 
     def _heartbeat_loop(self) -> None:

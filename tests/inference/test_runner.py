@@ -207,3 +207,24 @@ def test_a_job_whose_web_process_is_gone_stops(settings, worker):
     (event,) = usage_events(job["id"])
     assert event["finish_reason"] == "cancelled"
     assert event["completion_tokens"] <= 1
+
+
+def test_a_resent_job_keeps_its_lease_when_its_first_run_stands_down_on_the_same_worker(
+    worker, redis_client
+):
+    # A job given up for dead can be resent and taken by another thread of the same worker
+    # while its first run is still standing down. The first run ending must not stop the
+    # heartbeat renewing the second run's lease, or the web process resends it again and
+    # again (seen in CI: 503 worker_lost after three attempts).
+    model, request_id = f"m-{uuid.uuid4().hex[:6]}", f"req_{uuid.uuid4().hex}"
+    redis_client.zadd(slots_key(model), {request_id: 0})  # the second run's slot, lease lapsed
+    with worker.holding_slot(model, request_id, "w/first"):
+        second = worker.holding_slot(model, request_id, "w/second")
+        second.__enter__()
+    try:
+        worker.beat()
+        lease_ends_ms = redis_client.zscore(slots_key(model), request_id)
+        assert lease_ends_ms > time.time() * 1000
+    finally:
+        second.__exit__(None, None, None)
+    assert worker.busy == 0
