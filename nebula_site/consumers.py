@@ -22,10 +22,11 @@ from nebula_site.redis_client import REDIS_ERRORS
 logger = logging.getLogger(__name__)
 
 # Close codes the pages act on (static/dashboard/js/nebula.js): 4401 sends the browser to the
-# login page; anything else makes it reconnect with backoff. 1013 is the standard "try again
-# later", sent when the consumer lost its Redis connection.
+# login page; anything else makes it reconnect with backoff. 4013, sent when the consumer lost
+# its Redis connection, mirrors the standard 1013 "try again later", which daphne's websocket
+# library (autobahn) refuses to send from a server: only 1000 and 3000-4999 are allowed.
 CLOSE_NOT_AUTHENTICATED = 4401
-CLOSE_REDIS_LOST = 1013
+CLOSE_REDIS_LOST = 4013
 
 
 class DashboardConsumer(AsyncWebsocketConsumer):
@@ -48,8 +49,14 @@ class DashboardConsumer(AsyncWebsocketConsumer):
             # Close with "try again later" instead of crashing; the page reconnects.
             logger.warning("dashboard socket %s lost Redis; closing", scope.get("path"))
             await self._stop_tasks()
-            with contextlib.suppress(Exception):
+            try:
                 await send({"type": "websocket.close", "code": CLOSE_REDIS_LOST})
+            except Exception:
+                # Said, not swallowed: a close that fails leaves the page waiting on a socket
+                # that nothing serves any more.
+                logger.warning(
+                    "could not close dashboard socket %s", scope.get("path"), exc_info=True
+                )
 
     # --- lifecycle ------------------------------------------------------------------------------
     async def connect(self) -> None:

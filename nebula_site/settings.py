@@ -17,6 +17,8 @@ import django_stubs_ext
 from django.core.exceptions import ImproperlyConfigured
 from environs import Env, validate
 
+from nebula_site.channel_layers import redis_channel_layer
+
 django_stubs_ext.monkeypatch()
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -249,25 +251,7 @@ else:
             "OPTIONS": {"SOCKET_CONNECT_TIMEOUT": 2, "SOCKET_TIMEOUT": 2},
         }
     }
-    CHANNEL_LAYERS = {
-        "default": {
-            "BACKEND": "channels_redis.core.RedisChannelLayer",
-            "CONFIG": {
-                "hosts": [
-                    {
-                        "address": REDIS_URL,
-                        "socket_timeout": NEBULA_REDIS_TIMEOUT,
-                        "socket_connect_timeout": min(1.0, NEBULA_REDIS_TIMEOUT),
-                    }
-                ],
-                "prefix": "nebula-asgi",
-                # Dashboard events are small and bursty (a deploy emits several state changes);
-                # the default capacity of 100 silently drops group messages past it.
-                "capacity": 1000,
-                "expiry": 30,
-            },
-        }
-    }
+    CHANNEL_LAYERS = {"default": redis_channel_layer(REDIS_URL, redis_timeout=NEBULA_REDIS_TIMEOUT)}
 
 SESSION_ENGINE = "django.contrib.sessions.backends.db"
 # Flash messages live in the server-side session, not in a cookie: the one that shows an admin

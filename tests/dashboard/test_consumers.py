@@ -18,6 +18,7 @@ from inference.consumers import PlaygroundConsumer
 from models_registry import services as model_services
 from models_registry.consumers import FleetConsumer
 from models_registry.models import DeployedModel
+from nebula_site.channel_layers import CHANNELS_REDIS_BRPOP_TIMEOUT, redis_channel_layer
 from nebula_site.consumers import CLOSE_NOT_AUTHENTICATED, CLOSE_REDIS_LOST
 from telemetry.consumers import OverviewConsumer
 from telemetry.ledger import usage_event, usage_write_batch
@@ -282,13 +283,9 @@ def test_a_consumer_that_loses_redis_closes_cleanly(alice, transactional_db, cap
     host, port = host_port.split(":")
     proxy = TcpProxy((host, int(port)))
     layer = {
-        "default": {
-            "BACKEND": "channels_redis.core.RedisChannelLayer",
-            "CONFIG": {
-                "hosts": [f"redis://127.0.0.1:{proxy.port}/{db}"],
-                "prefix": "dash-loss-test",
-            },
-        }
+        "default": redis_channel_layer(
+            f"redis://127.0.0.1:{proxy.port}/{db}", redis_timeout=1.0, prefix="dash-loss-test"
+        )
     }
 
     async def scenario():
@@ -312,6 +309,35 @@ def test_a_consumer_that_loses_redis_closes_cleanly(alice, transactional_db, cap
     assert took < 20
     assert "lost Redis; closing" in caplog.text
     assert "Traceback" not in caplog.text
+
+
+def test_the_layer_waits_for_messages_no_longer_than_it_allows_redis_to_answer():
+    from channels_redis.core import RedisChannelLayer
+
+    assert RedisChannelLayer.brpop_timeout == CHANNELS_REDIS_BRPOP_TIMEOUT
+
+
+def test_a_quiet_socket_outlives_the_redis_timeout(alice, transactional_db):
+    """A socket alone in its web process waits on its channel for seconds at a time; that
+    wait is not Redis going silent, so the socket stays open and keeps answering."""
+    from django.conf import settings
+
+    layer = {
+        "default": redis_channel_layer(
+            settings.REDIS_URL, redis_timeout=0.3, prefix="dash-quiet-test"
+        )
+    }
+
+    async def scenario():
+        communicator = await open_socket(PlaygroundConsumer, "/ws/playground/", alice)
+        assert await communicator.receive_nothing(timeout=1.5)  # five times the timeout
+        await communicator.send_json_to({"type": "stop"})
+        answer = await communicator.receive_json_from(timeout=5)
+        await communicator.disconnect()
+        return answer
+
+    with override_settings(CHANNEL_LAYERS=layer):
+        assert run(scenario()) == {"type": "stopped", "request_id": None}
 
 
 def test_usage_events_carry_no_data(alice, make_key, transactional_db):

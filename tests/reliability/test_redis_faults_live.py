@@ -7,11 +7,16 @@ resumes by itself once Redis is back, with no process restarted.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import time
 
 import httpx
 import pytest
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.sync.client import ClientConnection, connect
 
+from nebula_site.consumers import CLOSE_REDIS_LOST
 from telemetry.ledger import ledger_flush
 from telemetry.models import UsageRecord
 from tests.reliability.conftest import SLOW
@@ -154,3 +159,49 @@ def test_a_hung_redis_gets_503_within_the_timeout_not_a_hang(faults, serving):
     ledger_flush()
     [record] = UsageRecord.objects.filter(request_id=in_flight.request_id)
     assert record.status == 503
+
+
+def _playground(url: str, cookie: str) -> ClientConnection:
+    """The chat playground's websocket on a web process, as the logged-in page opens it."""
+    return connect(
+        url.replace("http://", "ws://") + "/ws/playground/",
+        additional_headers={"Cookie": cookie, "Origin": url},
+        open_timeout=5,
+    )
+
+
+def _answers_stop(socket: ClientConnection) -> bool:
+    socket.send(json.dumps({"type": "stop"}))
+    return json.loads(socket.recv(timeout=5)) == {"type": "stopped", "request_id": None}
+
+
+def test_a_dashboard_socket_outlives_quiet_spells_and_is_closed_for_a_reconnect_when_redis_dies(
+    faults, alice
+):
+    from django.test import Client
+
+    browser = Client()
+    browser.force_login(alice)
+    cookie = f"sessionid={browser.cookies['sessionid'].value}"
+
+    with _playground(faults.url, cookie) as socket:
+        # Alone in its web process, the socket waits on its channel in Redis: quiet for longer
+        # than NEBULA_REDIS_TIMEOUT (1 s here) is not Redis going silent.
+        time.sleep(2.5)
+        assert _answers_stop(socket)
+
+        faults.redis.kill()
+        with pytest.raises(ConnectionClosed) as closed:
+            socket.recv(timeout=10)
+        # A close frame the page understands as "reconnect later", not a dropped connection.
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == CLOSE_REDIS_LOST
+
+    faults.redis.start()
+
+    def reconnects() -> bool:
+        errors = (OSError, InvalidStatus, ConnectionClosed, TimeoutError)
+        with contextlib.suppress(*errors), _playground(faults.url, cookie) as socket:
+            return _answers_stop(socket)
+        return False
+
+    wait_until(reconnects, timeout=15, interval=0.5)
