@@ -92,10 +92,13 @@ def get_async_redis() -> aioredis.Redis:
             client = fake_aioredis.FakeRedis(server=_fake())
         else:
             # A blocking pool waits for a free connection under a burst instead of failing
-            # with "Too many connections".
+            # with "Too many connections". Commands here take well under a millisecond, so 64
+            # connections serve any burst; more only hurt: a cold process hit by hundreds of
+            # requests opened one connection per request at once, and on a busy machine some
+            # handshakes outlasted the 1 s connect timeout (503s, and a flaky test in CI).
             pool = aioredis.BlockingConnectionPool.from_url(
                 settings.REDIS_URL,
-                max_connections=256,
+                max_connections=64,
                 timeout=2,
                 retry=_async_retry(),
                 **_client_options(),
