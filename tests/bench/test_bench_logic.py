@@ -152,3 +152,27 @@ def test_a_streams_request_id_is_read_back_from_its_chunk_id() -> None:
     chunk = json.dumps({"id": completion_id("req_0123abc"), "choices": []})
     assert stream_request_id(StreamResult(events=['{"error": {}}', chunk])) == "req_0123abc"
     assert stream_request_id(StreamResult(events=["[DONE]", "not json"])) is None
+
+
+def test_a_burst_of_shorter_streams_says_its_length_in_the_table() -> None:
+    from bench.__main__ import STREAM_TOKENS, rows_streaming
+
+    def burst(tokens: int) -> dict[str, object]:
+        timing = {"p50": 10.0, "p99": 20.0}
+        return {
+            "streams": 100,
+            "tokens_per_stream": tokens,
+            "baseline_ttfb_ms": timing,
+            "ttft_ms": timing,
+            "idle_baseline_ttfb_ms": timing,
+            "idle_nebula_ttft_ms": timing,
+            "inter_chunk_ms": timing,
+            "tokens_per_second": 50_000.0,
+            "streams_checked": 500,
+            "streams_broken": 0,
+        }
+
+    default = [row.figure for row in rows_streaming(burst(STREAM_TOKENS))]
+    short = [row.figure for row in rows_streaming(burst(1))]
+    assert "3. TTFT p50, 100 at once (ms; baseline: first byte)" in default
+    assert "3. TTFT p50, 100 at once of 1 token (ms; baseline: first byte)" in short
