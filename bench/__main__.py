@@ -190,17 +190,15 @@ async def streaming(
     streams: int,
     rounds: int,
     probes: int,
-    tokens: int = STREAM_TOKENS,
+    stream_tokens: int = STREAM_TOKENS,
 ) -> dict[str, Any]:
     """Rounds of `streams` streams started at once, after the same rounds against the baseline
     view; before that, `probes` single requests of each, one at a time (the idle system)."""
-    from inference.engine import count_tokens
-
     headers = {"Authorization": f"Bearer {secret}", "Content-Type": "application/json"}
     path, baseline = "/v1/chat/completions", "/bench/baseline"
     client = Client("127.0.0.1", stack.port, streams)
     single = Connection("127.0.0.1", stack.port)
-    out: dict[str, Any] = {"streams": streams, "rounds": rounds, "tokens_per_stream": tokens}
+    out: dict[str, Any] = {"streams": streams, "rounds": rounds, "tokens_per_stream": stream_tokens}
     results: list[StreamResult] = []
     expected: list[str | None] = []
     try:
@@ -210,7 +208,9 @@ async def streaming(
         for index in range(probes * 2 + 2):
             which = "baseline" if index % 2 == 0 else "nebula"
             url = baseline if which == "baseline" else path
-            result = await request(single, url, headers, stream_body(900_000 + index, tokens))
+            result = await request(
+                single, url, headers, stream_body(900_000 + index, stream_tokens)
+            )
             if index >= 2 and result.status == 200 and result.ttft_ms is not None:
                 idle[which].append(result.ttft_ms)  # the first pair warms up
         out["idle_baseline_ttfb_ms"] = summarize(idle["baseline"])
@@ -218,7 +218,7 @@ async def streaming(
 
         # The same burst to the baseline view: its first bytes are the floor under any first
         # token when `streams` requests arrive together. The first round opens the connections.
-        bodies = [stream_body(i, tokens) for i in range(streams)]
+        bodies = [stream_body(i, stream_tokens) for i in range(streams)]
         await client.round(baseline, headers, bodies)
         ttfb: list[float] = []
         for _ in range(rounds):
@@ -227,11 +227,11 @@ async def streaming(
         out["baseline_ttfb_ms"] = summarize(ttfb)
 
         await client.round(
-            path, headers, [stream_body(100_000 + i, tokens) for i in range(streams)]
+            path, headers, [stream_body(100_000 + i, stream_tokens) for i in range(streams)]
         )
         walls: list[float] = []
         for index in range(rounds):
-            bodies = [stream_body(index * streams + i, tokens) for i in range(streams)]
+            bodies = [stream_body(index * streams + i, stream_tokens) for i in range(streams)]
             expected += await client.texts(path, headers, bodies)
             batch, wall = await client.round(path, headers, bodies)
             results += batch
@@ -240,15 +240,31 @@ async def streaming(
         await client.close()
         await single.close()
 
+    out.update(check_streams(results, expected, stream_tokens=stream_tokens))
+    out.update(
+        server=await asyncio.to_thread(server_timings, results),
+        wall_seconds=sum(walls),
+        tokens_per_second=out["tokens_delivered"] / sum(walls),
+    )
+    return out
+
+
+def check_streams(
+    results: list[StreamResult], expected: list[str | None], *, stream_tokens: int
+) -> dict[str, Any]:
+    """Check every burst stream against its non-streaming answer; time to first token,
+    inter-chunk gaps and tokens delivered over all of them."""
+    from inference.engine import count_tokens
+
     ttft: list[float] = []
     gaps: list[float] = []
-    tokens = broken = 0
+    delivered = broken = 0
     problems: list[str] = []
     for result, text in zip(results, expected, strict=True):
         check = check_stream(
             result.events,
             count_tokens=count_tokens,
-            expected_tokens=tokens,
+            expected_tokens=stream_tokens,
             expected_text=text,
             expected_finish="length",
         )
@@ -259,22 +275,18 @@ async def streaming(
         if not check.ok:
             broken += 1
             problems += check.problems[:3]
-        tokens += check.tokens
+        delivered += check.tokens
         if result.ttft_ms is not None:
             ttft.append(result.ttft_ms)
         gaps += result.gaps_ms()
-    out.update(
-        server=await asyncio.to_thread(server_timings, results),
-        ttft_ms=summarize(ttft),
-        inter_chunk_ms=summarize(gaps),
-        tokens_delivered=tokens,
-        wall_seconds=sum(walls),
-        tokens_per_second=tokens / sum(walls),
-        streams_checked=len(results),
-        streams_broken=broken,
-        problems=problems[:20],
-    )
-    return out
+    return {
+        "ttft_ms": summarize(ttft),
+        "inter_chunk_ms": summarize(gaps),
+        "tokens_delivered": delivered,
+        "streams_checked": len(results),
+        "streams_broken": broken,
+        "problems": problems[:20],
+    }
 
 
 def server_timings(results: list[StreamResult], wait: float = 15.0) -> dict[str, Any]:
@@ -530,7 +542,7 @@ def main(argv: list[str] | None = None) -> int:
                     streams=args.streams,
                     rounds=args.rounds,
                     probes=args.probes,
-                    tokens=args.stream_tokens,
+                    stream_tokens=args.stream_tokens,
                 )
             )
         if "4" in only:

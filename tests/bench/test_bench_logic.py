@@ -176,3 +176,23 @@ def test_a_burst_of_shorter_streams_says_its_length_in_the_table() -> None:
     short = [row.figure for row in rows_streaming(burst(1))]
     assert "3. TTFT p50, 100 at once (ms; baseline: first byte)" in default
     assert "3. TTFT p50, 100 at once of 1 token (ms; baseline: first byte)" in short
+
+
+def test_a_burst_is_checked_stream_by_stream_against_its_length() -> None:
+    from bench.__main__ import check_streams
+    from bench.streams import StreamResult
+
+    parts = ["Happy to", " help with", " benchmarks."]
+    text = "".join(parts)
+    length = count_tokens(text)
+    whole = StreamResult(status=200, events=_stream(parts), started=1.0, first_token=1.01)
+    cut = StreamResult(status=200, events=_stream(parts[:2]), started=1.0, first_token=1.02)
+
+    checked = check_streams([whole, whole, cut], [text, text, text], stream_tokens=length)
+    assert (checked["streams_checked"], checked["streams_broken"]) == (3, 1)
+    assert checked["tokens_delivered"] == 2 * length + count_tokens("".join(parts[:2]))
+    assert checked["ttft_ms"]["n"] == 3
+
+    # Every stream is held to the length asked for, not to a running total.
+    assert check_streams([whole] * 3, [text] * 3, stream_tokens=length)["streams_broken"] == 0
+    assert check_streams([whole], [text], stream_tokens=length + 1)["streams_broken"] == 1
