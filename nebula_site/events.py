@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from typing import Any, Literal, TypedDict
 
 from asgiref.sync import async_to_sync
@@ -66,7 +67,15 @@ def broadcast(group: str, event: Event) -> None:
             else:
                 asyncio.run_coroutine_threadsafe(send(), _main_loop)
             return
-        async_to_sync(send)()
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            async_to_sync(send)()  # the usual caller: a worker thread or a sync view's thread
+        else:
+            # Sync code running on an event loop's thread (Playwright's sync API keeps one on
+            # the browser tests' main thread): async_to_sync refuses to run there, so a
+            # short-lived thread of its own sends instead.
+            threading.Thread(target=async_to_sync(send), name="nebula-broadcast").start()
     except Exception:
         logger.warning("could not broadcast %s to %s", event["type"], group, exc_info=True)
 

@@ -396,3 +396,28 @@ def test_logging_out_elsewhere_ends_the_socket(alice, transactional_db):
         assert closed == {"type": "websocket.close", "code": CLOSE_NOT_AUTHENTICATED}
 
     run(scenario())
+
+
+def test_an_event_broadcast_from_a_thread_running_an_event_loop_arrives():
+    """Sync code may run on a thread that has a loop going (the browser tests' main thread
+    does); its broadcasts still reach the group, over the real Redis layer."""
+    from django.conf import settings
+
+    from nebula_site.events import broadcast
+
+    layer = {"default": redis_channel_layer(settings.REDIS_URL, redis_timeout=2.0, prefix="bc")}
+
+    async def scenario():
+        from channels.layers import get_channel_layer
+
+        channel_layer = get_channel_layer()
+        channel = await channel_layer.new_channel()
+        await channel_layer.group_add("broadcast-test", channel)
+        broadcast("broadcast-test", {"type": "overview.changed"})  # sync, on this loop's thread
+        try:
+            return await asyncio.wait_for(channel_layer.receive(channel), timeout=5)
+        finally:
+            await channel_layer.group_discard("broadcast-test", channel)
+
+    with override_settings(CHANNEL_LAYERS=layer):
+        assert asyncio.run(scenario()) == {"type": "overview.changed"}
