@@ -57,19 +57,16 @@ def broadcast(group: str, event: Event) -> None:
         )
 
     try:
+        running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+    except RuntimeError:
+        running = None
+    try:
         if settings.NEBULA_STANDALONE and _main_loop is not None and _main_loop.is_running():
-            try:
-                running = asyncio.get_running_loop()
-            except RuntimeError:
-                running = None
             if running is _main_loop:
                 _main_loop.create_task(send())
             else:
                 asyncio.run_coroutine_threadsafe(send(), _main_loop)
-            return
-        try:
-            asyncio.get_running_loop()
-        except RuntimeError:
+        elif running is None:
             async_to_sync(send)()  # the usual caller: a worker thread or a sync view's thread
         else:
             # Sync code running on an event loop's thread (Playwright's sync API keeps one on

@@ -311,7 +311,7 @@ def test_a_consumer_that_loses_redis_closes_cleanly(alice, transactional_db, cap
     assert "Traceback" not in caplog.text
 
 
-def test_the_layer_waits_for_messages_no_longer_than_it_allows_redis_to_answer():
+def test_the_layer_config_knows_how_long_channels_redis_blocks_for_a_message():
     from channels_redis.core import RedisChannelLayer
 
     assert RedisChannelLayer.brpop_timeout == CHANNELS_REDIS_BRPOP_TIMEOUT
