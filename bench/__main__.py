@@ -95,9 +95,9 @@ def prepare_data() -> tuple[int, str]:
     from django.contrib.auth import get_user_model
     from django.core.management import call_command
 
+    from infra.redis_client import get_redis
     from keys.services import key_create
     from models_registry.services import model_seed_ready
-    from nebula_site.redis_client import get_redis
 
     client = get_redis()
     client.ping()

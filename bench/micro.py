@@ -26,9 +26,9 @@ async def ratelimit_cost(*, key_id: int, rpm_limit: int, n: int = 3000) -> dict[
     """Microseconds per rate-limit check, as the web process pays it (one script round trip),
     next to a bare PING round trip on the same connection pool, and amortised over 50 checks in
     flight at once (what it costs when the event loop pipelines many requests)."""
-    from keys.ratelimit import admit
-    from nebula_site.epoch import EPOCH_KEY
-    from nebula_site.redis_client import get_async_redis
+    from inference.admission import admit
+    from infra.epoch import EPOCH_KEY
+    from infra.redis_client import get_async_redis
 
     client = get_async_redis()
     # A first call mints the epoch if Redis has none; then every check is a real one.
@@ -62,8 +62,8 @@ async def auth_cost(*, secret: str, n: int = 20000, misses: int = 300) -> dict[s
     """Microseconds to authenticate a bearer header on the hot path: the checksum, the digest
     and the process cache (the every-request cost), and on a cache miss (a database read, once
     per key per process and after every key or model change)."""
+    from infra.epoch import observe_epoch
     from keys.auth import _keys_by_digest, key_info_for_secret, parse_bearer
-    from nebula_site.epoch import observe_epoch
 
     observe_epoch(f"bench-{time.monotonic_ns()}")
     header = f"Bearer {secret}"

@@ -10,8 +10,8 @@ from django import forms
 from django.contrib.auth import get_user_model
 from django.utils import timezone
 
+from infra.errors import NebulaError
 from models_registry.gpus import GPU_TYPES
-from nebula_site.errors import NebulaError
 
 EXPIRY_CHOICES = [
     ("", "Never"),

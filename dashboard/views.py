@@ -20,6 +20,7 @@ from django.shortcuts import redirect, render
 from django.views.decorators.http import require_http_methods, require_POST
 
 from dashboard.forms import DeployForm, KeyCreateForm, ScaleForm, UsageFilterForm, attach_error
+from infra.errors import InvalidRequest, NebulaError, NotFound, PermissionDenied
 from keys import services as key_services
 from keys.access import (
     Actor,
@@ -33,7 +34,6 @@ from models_registry import services as model_services
 from models_registry.access import deployment_get_for, deployments_visible_to
 from models_registry.gpus import GPU_TYPES
 from models_registry.services import MEMORY_HEADROOM, fleet_snapshot
-from nebula_site.errors import InvalidRequest, NebulaError, NotFound, PermissionDenied
 from telemetry.services import (
     TimeRange,
     overview_report,

@@ -11,11 +11,13 @@ from typing import Any
 
 import orjson
 
+from dashboard.consumers import DashboardConsumer
+from inference.completion import Completion
+from inference.gateway import KeyById, RequestContext, gateway_authenticate
 from inference.schemas import parse_chat_request
-from inference.services import Completion, KeyById, RequestContext, completion_submit
-from nebula_site.consumers import DashboardConsumer
-from nebula_site.errors import Conflict, InvalidRequest, NebulaError
-from nebula_site.middleware import new_request_id
+from inference.services import completion_submit
+from infra.errors import Conflict, InvalidRequest, NebulaError
+from infra.middleware import new_request_id
 
 # What the playground may set; anything else in a message is ignored.
 _FIELDS = ("model", "messages", "temperature", "max_tokens", "ignore_eos")
@@ -81,9 +83,10 @@ class PlaygroundConsumer(DashboardConsumer):
             request_id=new_request_id(), endpoint="/v1/chat/completions", client="playground"
         )
         try:
-            completion = await completion_submit(
-                ctx, credential=KeyById(key_id=key_id, user_id=self.actor.user.pk), request=request
+            caller = await gateway_authenticate(
+                ctx, credential=KeyById(key_id=key_id, user_id=self.actor.user.pk)
             )
+            completion = await completion_submit(ctx, caller=caller, request=request)
         except NebulaError as error:
             await ctx.record_refusal(error)
             raise

@@ -24,8 +24,8 @@ from typing import Any
 
 import orjson
 
-from nebula_site.errors import ServiceUnavailable
-from nebula_site.redis_client import REDIS_ERRORS, new_async_connection
+from infra.errors import ServiceUnavailable
+from infra.redis_client import REDIS_ERRORS, new_async_connection
 
 logger = logging.getLogger(__name__)
 

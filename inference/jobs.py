@@ -15,12 +15,19 @@ delivery finds the hash already claimed and is dropped.
 from __future__ import annotations
 
 import base64
+import logging
+import threading
 import uuid
-from typing import Literal, NotRequired, TypedDict
+from collections.abc import Callable
+from typing import Any, Literal, NotRequired, TypedDict
 
 import orjson
 
-from nebula_site.lua import NOW_MS, LuaScript
+from infra.lua import NOW_MS, LuaScript
+from infra.redis_client import get_redis
+from infra.tasks import local_executor
+
+logger = logging.getLogger(__name__)
 
 JOB_TTL_SECONDS = 3600
 TASK_NAME = "inference.run_completion"
@@ -160,6 +167,42 @@ def celery_message(payload: JobPayload) -> bytes:
             },
         }
     )
+
+
+def job_from_message(raw: bytes | str) -> JobPayload:
+    """The job inside a message `celery_message` wrote (what Celery's worker decodes for us)."""
+    envelope = orjson.loads(raw)
+    _args, kwargs, _embed = orjson.loads(base64.b64decode(envelope["body"]))
+    job: JobPayload = kwargs["job"]
+    return job
+
+
+class LocalQueueConsumer:
+    """Standalone mode's stand-in for Celery workers: takes jobs off the in-process queue that
+    the admission script pushed them to, and runs them on local threads with `execute`."""
+
+    def __init__(self, execute: Callable[[JobPayload], Any]) -> None:
+        self._execute = execute
+        self._stop = threading.Event()
+
+    def start(self) -> None:
+        threading.Thread(target=self._run, name="nebula-local-queue", daemon=True).start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _run(self) -> None:
+        client = get_redis()
+        while not self._stop.is_set():
+            item = client.brpop([QUEUE], timeout=1)
+            if not item:
+                continue
+            try:
+                job = job_from_message(item[1])
+            except (ValueError, KeyError, TypeError):
+                logger.exception("dropping a malformed job message")
+                continue
+            local_executor().submit(self._execute, job)
 
 
 # --- State transitions ---------------------------------------------------------------------------

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
+from django.http import HttpResponseBase, StreamingHttpResponse
 
+from inference.completion import Completion
+from inference.edge import json_response
 from inference.jobs import DoneMessage, Usage
 from inference.schemas import ChatCompletionRequest
-from inference.services import Completion
-from nebula_site.errors import InternalError, NebulaError
+from infra.errors import InternalError, NebulaError
+from models_registry.catalog import ModelInfo
 
 logger = logging.getLogger(__name__)
 
@@ -23,6 +27,15 @@ KEEPALIVE_LINE = b": keep-alive\n\n"
 
 def completion_id(request_id: str) -> str:
     return "chatcmpl-" + request_id.removeprefix("req_")
+
+
+def model_object(model: ModelInfo) -> dict[str, object]:
+    return {
+        "id": model.name,
+        "object": "model",
+        "created": model.created,
+        "owned_by": model.owned_by,
+    }
 
 
 def usage_object(usage: Usage) -> dict[str, Any]:
@@ -139,3 +152,34 @@ async def sse_events(
         yield error_chunk(InternalError("The stream failed on the server. Retry the request."))
     finally:
         completion.close()
+
+
+async def chat_response(completion: Completion, request: ChatCompletionRequest) -> HttpResponseBase:
+    """The HTTP answer to an admitted chat completion: a stream once a worker has the job, or
+    the whole completion. A refusal on the way (a full fleet, a lost worker) closes the job and
+    is raised for the edge to record and render."""
+    response: HttpResponseBase
+    try:
+        if request.stream:
+            # Hold the response until a worker has the job, so a full queue still gets a 503.
+            await completion.wait_started()
+            response = StreamingHttpResponse(
+                sse_events(completion, request), content_type="text/event-stream"
+            )
+            response["Cache-Control"] = "no-cache"
+            response["X-Accel-Buffering"] = "no"
+        else:
+            done = await completion.result()
+            completion.close()
+            response = json_response(
+                chat_completion(completion.ctx.request_id, request.model, done), headers={}
+            )
+    except NebulaError:
+        completion.close()
+        raise
+    except asyncio.CancelledError:
+        completion.close()  # the client went away
+        raise
+    for name, value in completion.headers.items():
+        response[name] = value
+    return response

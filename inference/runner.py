@@ -34,9 +34,9 @@ from inference.slots import (
     slots_key,
 )
 from inference.workers import WorkerRuntime
+from infra.redis_client import REDIS_ERRORS, get_redis
 from keys.ratelimit import tpm_settle
-from nebula_site.redis_client import REDIS_ERRORS, get_redis
-from telemetry.ledger import STREAM, encode, itl_histogram, usage_event
+from telemetry.events import STREAM, encode, itl_histogram, usage_event
 
 logger = logging.getLogger(__name__)
 

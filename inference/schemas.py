@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from nebula_site.errors import InvalidRequest
+from infra.errors import InvalidRequest
 
 _IGNORE_EXTRA = ConfigDict(extra="ignore", frozen=True)
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 import redis
 from django.conf import settings
 
-from nebula_site.lua import NOW_MS, LuaScript
-from nebula_site.redis_client import get_redis
+from infra.lua import NOW_MS, LuaScript
+from infra.redis_client import get_redis
 
 CAPACITY_KEY = "nebula:capacity"
 

@@ -10,7 +10,7 @@ from celery.signals import worker_ready, worker_shutdown
 from inference.jobs import TASK_NAME, JobPayload
 from inference.runner import completion_execute
 from inference.workers import current_worker, start_worker_runtime
-from nebula_site.heap import freeze_startup_heap
+from infra.heap import freeze_startup_heap
 
 
 # acks_late + reject_on_worker_lost: a job is taken off the queue only once it ran. The

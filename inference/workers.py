@@ -1,9 +1,8 @@
 """The worker runtime: identity, heartbeat, slot lease renewal, and the background threads a
 worker process runs next to Celery's (usage ledger, deployment reconciler).
 
-Heartbeats go to `nebula:workers` (a sorted set scored by Redis' clock) plus a small JSON record
-per worker; /health, the dashboard and web processes (to tell a dead worker from a slow one)
-read them.
+The heartbeat goes to the registry in `inference.heartbeats`, which web processes, /health and
+the dashboard read without importing any of this.
 """
 
 from __future__ import annotations
@@ -16,52 +15,18 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from typing import Any, TypedDict
+from typing import Any
 
-import orjson
 from django.conf import settings
 from django.db import close_old_connections
 
+from inference.heartbeats import WorkerInfo, heartbeat_send, heartbeat_withdraw
 from inference.slots import slots_renew
-from nebula_site.lua import NOW_MS, LuaScript
-from nebula_site.redis_client import REDIS_ERRORS, get_redis
+from infra.redis_client import REDIS_ERRORS, get_redis
+from models_registry.services import model_reconcile
+from telemetry.ledger import LedgerConsumer
 
 logger = logging.getLogger(__name__)
-
-WORKERS_KEY = "nebula:workers"
-
-
-def worker_info_key(worker_id: str) -> str:
-    return f"nebula:worker:{worker_id}"
-
-
-class WorkerInfo(TypedDict):
-    id: str
-    host: str
-    pid: int
-    concurrency: int
-    busy: int
-    started_at: float
-    version: str
-
-
-# KEYS: workers zset, info key. ARGV: worker id, info json, info ttl seconds, forget-after ms.
-_BEAT = LuaScript(
-    NOW_MS
-    + """
-redis.call('ZADD', KEYS[1], now, ARGV[1])
-redis.call('SET', KEYS[2], ARGV[2], 'EX', ARGV[3])
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[4]))
-return now
-"""
-)
-
-_LIVE = LuaScript(
-    NOW_MS
-    + """
-return redis.call('ZRANGEBYSCORE', KEYS[1], now - tonumber(ARGV[1]), '+inf')
-"""
-)
 
 
 class WorkerRuntime:
@@ -108,12 +73,7 @@ class WorkerRuntime:
 
     def beat(self) -> None:
         client = get_redis()
-        ttl = settings.NEBULA_WORKER_TTL
-        _BEAT(
-            client,
-            [WORKERS_KEY, worker_info_key(self.id)],
-            [self.id, orjson.dumps(self.info()), max(int(ttl * 3), 3), 3_600_000],
-        )
+        heartbeat_send(client, self.info())
         with self._lock:
             held = sorted(set(self._running.values()))
         slots_renew(client, held)
@@ -129,8 +89,6 @@ class WorkerRuntime:
             self._stop.wait(settings.NEBULA_HEARTBEAT_INTERVAL)
 
     def _reconcile_loop(self) -> None:
-        from models_registry.services import model_reconcile
-
         while not self._stop.wait(10.0):
             try:
                 # One worker at a time does it; the others skip this round.
@@ -143,8 +101,6 @@ class WorkerRuntime:
                 logger.exception("deployment reconciler failed")
 
     def start(self, *, ledger: bool = True, reconcile: bool = True) -> None:
-        from telemetry.ledger import LedgerConsumer
-
         try:
             self.beat()
         except REDIS_ERRORS:
@@ -166,9 +122,7 @@ class WorkerRuntime:
         if self._ledger is not None:
             self._ledger.stop.set()
         with contextlib.suppress(*REDIS_ERRORS):
-            client = get_redis()
-            client.zrem(WORKERS_KEY, self.id)
-            client.delete(worker_info_key(self.id))
+            heartbeat_withdraw(get_redis(), self.id)
         for thread in self._threads:
             thread.join(timeout=3)
 
@@ -193,57 +147,3 @@ def start_worker_runtime() -> WorkerRuntime:
             ledger=settings.NEBULA_WORKER_LEDGER, reconcile=settings.NEBULA_WORKER_RECONCILER
         )
     return runtime
-
-
-def live_workers() -> list[WorkerInfo]:
-    """Workers that reported within NEBULA_WORKER_TTL, with what they last said."""
-    client = get_redis()
-    ids = _LIVE(client, [WORKERS_KEY], [int(settings.NEBULA_WORKER_TTL * 1000)])
-    if not ids:
-        return []
-    raw = client.mget([worker_info_key(wid.decode()) for wid in ids])
-    workers: list[WorkerInfo] = []
-    for wid, blob in zip(ids, raw, strict=True):
-        if blob:
-            workers.append(orjson.loads(blob))
-        else:
-            workers.append(
-                {
-                    "id": wid.decode(),
-                    "host": "?",
-                    "pid": 0,
-                    "concurrency": 0,
-                    "busy": 0,
-                    "started_at": 0.0,
-                    "version": "?",
-                }
-            )
-    return workers
-
-
-class LocalQueueConsumer:
-    """Standalone mode's stand-in for Celery workers: takes jobs off the in-process queue that
-    the admission script pushed them to, and runs them on local threads."""
-
-    def __init__(self) -> None:
-        self._stop = threading.Event()
-
-    def start(self) -> None:
-        threading.Thread(target=self._run, name="nebula-local-queue", daemon=True).start()
-
-    def _run(self) -> None:
-        import base64
-
-        from inference.jobs import QUEUE
-        from inference.runner import completion_execute
-        from nebula_site.tasks import local_executor
-
-        client = get_redis()
-        runtime = current_worker()
-        while not self._stop.is_set():
-            item = client.brpop([QUEUE], timeout=1)
-            if not item:
-                continue
-            envelope = orjson.loads(item[1])
-            _args, kwargs, _embed = orjson.loads(base64.b64decode(envelope["body"]))
-            local_executor().submit(completion_execute, kwargs["job"], runtime)

@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING, Any
 
 from django.db.models import QuerySet
 
+from infra.errors import NotFound, PermissionDenied
 from keys.models import ApiKey
-from nebula_site.errors import NotFound, PermissionDenied
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import AbstractBaseUser, AnonymousUser

@@ -11,11 +11,11 @@ from django.utils import timezone
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from rest_framework import authentication, exceptions
 
+from infra.db import SingleFlight, run_db
+from infra.epoch import MISS, EpochCache, current_epoch
+from infra.errors import AuthenticationFailed
 from keys.models import ApiKey
 from keys.tokens import is_well_formed, key_digest
-from nebula_site.db import SingleFlight, run_db
-from nebula_site.epoch import MISS, EpochCache, current_epoch
-from nebula_site.errors import AuthenticationFailed
 
 MISSING_KEY_MESSAGE = (
     "You didn't provide an API key. Provide it in an Authorization header using Bearer auth "

@@ -11,10 +11,10 @@ from typing import Any
 from django.db import transaction
 from django.utils import timezone
 
+from infra.epoch import epoch_bump_on_commit
+from infra.errors import InvalidRequest
 from keys.models import ApiKey
 from keys.tokens import display_prefix, generate_key, key_digest
-from nebula_site.epoch import epoch_bump_on_commit
-from nebula_site.errors import InvalidRequest
 
 _UNSET: Any = object()
 MODEL_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from nebula_site.epoch import epoch_bump_on_commit
+from infra.epoch import epoch_bump_on_commit
 
 
 def user_saved(sender: Any, instance: Any, update_fields: Any = None, **kwargs: Any) -> None:

@@ -11,6 +11,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from infra.errors import InvalidRequest
 from keys import services
 from keys.access import (
     actor_from_request,
@@ -26,7 +27,6 @@ from keys.serializers import (
     ApiKeyUpdateSerializer,
     CreatedApiKeySerializer,
 )
-from nebula_site.errors import InvalidRequest
 
 
 class ApiKeyListCreateView(APIView):

@@ -7,9 +7,9 @@ from datetime import timedelta
 from django.db.models import Q, QuerySet
 from django.utils import timezone
 
+from infra.errors import NotFound
 from keys.access import Actor
 from models_registry.models import LIVE_STATES, DeployedModel, ModelState
-from nebula_site.errors import NotFound
 
 
 def deployments_visible_to(

@@ -4,9 +4,9 @@ from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
+from infra.errors import NebulaError
 from models_registry import services
 from models_registry.models import DeployedModel, ModelEvent
-from nebula_site.errors import NebulaError
 
 
 class ModelEventInline(admin.TabularInline[ModelEvent, DeployedModel]):

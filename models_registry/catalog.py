@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from infra.db import SingleFlight, run_db
+from infra.epoch import MISS, EpochCache, current_epoch
 from models_registry.gpus import GPU_TYPES
 from models_registry.models import LIVE_STATES, DeployedModel, ModelState
-from nebula_site.db import SingleFlight, run_db
-from nebula_site.epoch import MISS, EpochCache, current_epoch
 
 
 @dataclass(frozen=True, slots=True)

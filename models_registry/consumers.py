@@ -6,9 +6,9 @@ from typing import Any
 
 from channels.db import database_sync_to_async
 
+from dashboard.consumers import SnapshotConsumer
+from infra.events import FLEET_GROUP
 from models_registry.services import fleet_snapshot
-from nebula_site.consumers import SnapshotConsumer
-from nebula_site.events import FLEET_GROUP
 
 
 class FleetConsumer(SnapshotConsumer):

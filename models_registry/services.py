@@ -7,12 +7,20 @@ import re
 import time
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, Required, TypedDict, Unpack
+from typing import Any, Required, TypedDict, Unpack
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from inference.slots import capacity_publish, slots_in_use
+from infra.epoch import epoch_bump_on_commit
+from infra.errors import Conflict, InvalidRequest
+from infra.events import FLEET_GROUP, ModelEventPayload, broadcast_on_commit
+from infra.redis_client import REDIS_ERRORS
+from infra.tasks import enqueue_on_commit, send_task
+from keys.access import Actor
+from models_registry.access import fleet_for
 from models_registry.gpus import GPU_TYPES, GpuType, gpu_type
 from models_registry.models import (
     LIVE_STATES,
@@ -21,14 +29,12 @@ from models_registry.models import (
     ModelEvent,
     ModelState,
 )
-from nebula_site.epoch import epoch_bump_on_commit
-from nebula_site.errors import Conflict, InvalidRequest
-from nebula_site.events import FLEET_GROUP, ModelEventPayload, broadcast_on_commit
-
-if TYPE_CHECKING:
-    from keys.access import Actor
 
 logger = logging.getLogger(__name__)
+
+# The lifecycle tasks (models_registry.tasks), sent by name: they call back into this module.
+LOAD_MODEL_TASK = "models_registry.load_model"
+STOP_MODEL_TASK = "models_registry.stop_model"
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
 # Keep ~10% of GPU memory free for activations and the KV cache.
@@ -114,15 +120,10 @@ def serialize_model_for(model: DeployedModel, *, operator: bool) -> dict[str, An
 
 def fleet_snapshot(actor: Actor) -> list[dict[str, Any]]:
     """The dashboard's fleet as `actor` may see it (see `access.fleet_for`)."""
-    from models_registry.access import fleet_for
-
     return [serialize_model_for(m, operator=actor.is_operator) for m in fleet_for(actor)]
 
 
 def _publish_capacities() -> None:
-    from inference.slots import capacity_publish
-    from nebula_site.redis_client import REDIS_ERRORS
-
     ready = DeployedModel.objects.filter(state=ModelState.READY)
     try:
         capacity_publish({model.name: model.capacity for model in ready})
@@ -240,14 +241,11 @@ def _create_deployment(
 
 def model_deploy(*, owner: Any, **spec: Unpack[DeploymentSpec]) -> DeployedModel:
     """Create a pending deployment and start loading it on a worker."""
-    from models_registry.tasks import load_model
-    from nebula_site.tasks import enqueue_on_commit
-
     with transaction.atomic():
         model = _create_deployment(
             owner=owner, state=ModelState.PENDING, note="deployment requested", spec=spec
         )
-        enqueue_on_commit(load_model, model.pk)
+        enqueue_on_commit(LOAD_MODEL_TASK, model.pk)
     return model
 
 
@@ -358,9 +356,6 @@ def model_scale(*, model: DeployedModel, replicas: int) -> DeployedModel:
 
 def model_undeploy(*, model: DeployedModel) -> DeployedModel:
     """Stop serving: new requests get 404 at once; requests in flight finish, then it stops."""
-    from models_registry.tasks import stop_model
-    from nebula_site.tasks import enqueue_on_commit
-
     with transaction.atomic():
         updated = model_transition(
             model_id=model.pk,
@@ -376,14 +371,12 @@ def model_undeploy(*, model: DeployedModel) -> DeployedModel:
                 f"'{current.name}' is {current.state} and cannot be undeployed.",
                 code="invalid_state",
             )
-        enqueue_on_commit(stop_model, model.pk)
+        enqueue_on_commit(STOP_MODEL_TASK, model.pk)
     return updated
 
 
 def model_stop(*, model_id: int, drain_seconds: float = 30.0) -> None:
     """The undeploy task's work: let requests in flight finish (bounded), then release the GPUs."""
-    from inference.slots import slots_in_use
-
     model = DeployedModel.objects.filter(pk=model_id, state=ModelState.STOPPING).first()
     if model is None:
         return
@@ -404,9 +397,6 @@ def model_reconcile(*, stale_after: float = 30.0) -> int:
     Loading and stopping are idempotent, so resending is safe even if the original is still
     running. Returns how many deployments were nudged.
     """
-    from models_registry.tasks import load_model, stop_model
-    from nebula_site.tasks import send_task
-
     cutoff = timezone.now() - timedelta(seconds=stale_after)
     nudged = 0
     for model in DeployedModel.objects.filter(
@@ -420,12 +410,12 @@ def model_reconcile(*, stale_after: float = 30.0) -> int:
                     state=ModelState.PENDING, updated_at=timezone.now()
                 )
                 _record(model, ModelState.LOADING, ModelState.PENDING, "loader lost; retrying")
-            send_task(load_model, model.pk)
+            send_task(LOAD_MODEL_TASK, model.pk)
         elif model.state == ModelState.PENDING:
             DeployedModel.objects.filter(pk=model.pk).update(updated_at=timezone.now())
-            send_task(load_model, model.pk)
+            send_task(LOAD_MODEL_TASK, model.pk)
         else:
             DeployedModel.objects.filter(pk=model.pk).update(updated_at=timezone.now())
-            send_task(stop_model, model.pk)
+            send_task(STOP_MODEL_TASK, model.pk)
         nudged += 1
     return nudged

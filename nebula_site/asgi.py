@@ -16,9 +16,9 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 from django.conf import settings  # noqa: E402
 
-from nebula_site.heap import freeze_startup_heap  # noqa: E402
-from nebula_site.http_server import harden_daphne  # noqa: E402
-from nebula_site.middleware import ApiASGIHandler  # noqa: E402
+from infra.heap import freeze_startup_heap  # noqa: E402
+from infra.http_server import harden_daphne  # noqa: E402
+from infra.middleware import ApiASGIHandler  # noqa: E402
 from nebula_site.routing import websocket_urlpatterns  # noqa: E402
 
 harden_daphne()  # daphne imports this module before it starts listening
@@ -42,10 +42,12 @@ application = ProtocolTypeRouter(
 
 if settings.NEBULA_STANDALONE:
     # No Redis, no Celery: this process is also the worker.
-    from inference.workers import LocalQueueConsumer, start_worker_runtime
+    from inference.jobs import LocalQueueConsumer
+    from inference.runner import completion_execute
+    from inference.workers import start_worker_runtime
 
-    start_worker_runtime()
-    LocalQueueConsumer().start()
+    runtime = start_worker_runtime()
+    LocalQueueConsumer(lambda job: completion_execute(job, runtime)).start()
 
-# Startup is over: keep the collector off everything built so far (see nebula_site.heap).
+# Startup is over: keep the collector off everything built so far (see infra.heap).
 freeze_startup_heap()

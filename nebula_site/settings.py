@@ -17,7 +17,7 @@ import django_stubs_ext
 from django.core.exceptions import ImproperlyConfigured
 from environs import Env, validate
 
-from nebula_site.channel_layers import redis_channel_layer
+from infra.channel_layers import redis_channel_layer
 
 django_stubs_ext.monkeypatch()
 
@@ -81,7 +81,7 @@ NEBULA_DB_THREADS = env.int("NEBULA_DB_THREADS", 4, validate=POSITIVE)
 NEBULA_MAX_BODY_BYTES = env.int("NEBULA_MAX_BODY_BYTES", 1_048_576, validate=POSITIVE)
 NEBULA_MAX_MESSAGES = env.int("NEBULA_MAX_MESSAGES", 256, validate=POSITIVE)
 NEBULA_MAX_MESSAGE_CHARS = env.int("NEBULA_MAX_MESSAGE_CHARS", 200_000, validate=POSITIVE)
-# One body limit for every endpoint (daphne enforces it as bytes arrive: nebula_site.http_server).
+# One body limit for every endpoint (daphne enforces it as bytes arrive: infra.http_server).
 DATA_UPLOAD_MAX_MEMORY_SIZE = NEBULA_MAX_BODY_BYTES
 # The benchmark's trivial baseline view (/bench/baseline); off unless `make bench` turns it on.
 NEBULA_BENCH_BASELINE = env.bool("NEBULA_BENCH_BASELINE", False)
@@ -117,7 +117,7 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
-    "nebula_site.middleware.RequestIdMiddleware",
+    "infra.middleware.RequestIdMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -153,7 +153,7 @@ DATABASES = {
 _db = DATABASES["default"]
 # Under ASGI each sync request runs in a thread of its own, so a connection kept for reuse is
 # only ever reused by a thread that is gone: persistent connections would pile up, not help.
-# Async hot paths use their own small pool of threads instead (nebula_site.db).
+# Async hot paths use their own small pool of threads instead (infra.db).
 _db["CONN_MAX_AGE"] = env.int("CONN_MAX_AGE", 0)
 _db["CONN_HEALTH_CHECKS"] = True
 if _db["ENGINE"] == "django.db.backends.postgresql":
@@ -261,8 +261,8 @@ MESSAGE_STORAGE = "django.contrib.messages.storage.session.SessionStorage"
 # --- Celery -------------------------------------------------------------------------------------
 CELERY_BROKER_URL = REDIS_URL
 # kombu's Redis transport: one client per channel, and no crash on losing Redis mid-job
-# (see nebula_site.broker).
-CELERY_BROKER_TRANSPORT = "nebula_site.broker:Transport"
+# (see infra.broker).
+CELERY_BROKER_TRANSPORT = "infra.broker:Transport"
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_RESULT_BACKEND = None
 CELERY_TASK_SERIALIZER = "json"
@@ -291,8 +291,8 @@ REST_FRAMEWORK = {
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
-    "DEFAULT_PARSER_CLASSES": ["nebula_site.parsers.JSONParser"],
-    "EXCEPTION_HANDLER": "nebula_site.errors.drf_exception_handler",
+    "DEFAULT_PARSER_CLASSES": ["infra.parsers.JSONParser"],
+    "EXCEPTION_HANDLER": "infra.errors.drf_exception_handler",
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
 }
@@ -319,7 +319,7 @@ LOG_FORMAT = env.str("LOG_FORMAT", "text", validate=validate.OneOf(["text", "jso
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "filters": {"redact": {"()": "nebula_site.logging.RedactSecretsFilter"}},
+    "filters": {"redact": {"()": "infra.logging.RedactSecretsFilter"}},
     "formatters": {
         "text": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
         "json": {

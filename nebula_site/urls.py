@@ -12,7 +12,7 @@ from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from inference import views as inference_views
-from nebula_site.errors import (
+from infra.errors import (
     InternalError,
     InvalidRequest,
     NotFound,

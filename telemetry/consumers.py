@@ -6,8 +6,8 @@ from typing import Any
 
 from channels.db import database_sync_to_async
 
-from nebula_site.consumers import SnapshotConsumer
-from nebula_site.events import FLEET_GROUP, OVERVIEW_GROUP
+from dashboard.consumers import SnapshotConsumer
+from infra.events import FLEET_GROUP, OVERVIEW_GROUP
 from telemetry.services import overview_report
 
 

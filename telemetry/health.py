@@ -8,7 +8,8 @@ from typing import Any
 from django.conf import settings
 from django.db import connection
 
-from nebula_site.redis_client import REDIS_ERRORS, get_redis
+from inference.heartbeats import live_workers
+from infra.redis_client import REDIS_ERRORS, get_redis
 
 PROCESS_STARTED = time.time()
 
@@ -37,8 +38,6 @@ def _redis() -> None:
 
 
 def health_report(*, detailed: bool) -> tuple[bool, dict[str, Any]]:
-    from inference.workers import live_workers
-
     checks: dict[str, Any] = {"database": _timed(_database), "redis": _timed(_redis)}
     workers: list[Any] = []
 

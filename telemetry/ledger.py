@@ -16,25 +16,27 @@ import logging
 import threading
 import time
 from datetime import UTC, datetime
-from typing import Any, TypedDict
+from typing import Any
 
 import orjson
 import redis
 from django.db import DataError, IntegrityError, close_old_connections, transaction
 
-from nebula_site.db import run_db
-from nebula_site.errors import DATABASE_ERRORS
-from nebula_site.logging import redact
-from nebula_site.redis_client import REDIS_ERRORS, get_async_redis, new_sync_connection
+from infra.db import run_db
+from infra.errors import DATABASE_ERRORS
+from infra.events import OVERVIEW_GROUP, OverviewEventPayload, broadcast
+from infra.redis_client import REDIS_ERRORS, get_async_redis, new_sync_connection
+from keys.models import ApiKey
+from keys.services import keys_touch_last_used
+from telemetry.events import STREAM, UsageEvent, encode
+from telemetry.models import UsageRecord
+from telemetry.prometheus import metrics_observe
 
 logger = logging.getLogger(__name__)
 
-STREAM = "nebula:usage"
 GROUP = "ledger"
 # Records the database refused (malformed): kept for an operator to look at, never dropped.
 DEAD_LETTERS = "nebula:usage:dead"
-# Inter-token latency histogram bounds (ms), as vLLM's `time_per_output_token` buckets.
-ITL_BUCKETS_MS = (10, 25, 50, 75, 100, 150, 200, 300, 400, 500, 750, 1000, 2500)
 _BATCH = 500
 _CLAIM_IDLE_MS = 30_000
 # After a batch smaller than _BATCH, wait this long before reading again, so records reach the
@@ -42,91 +44,6 @@ _CLAIM_IDLE_MS = 30_000
 # per request cost a worker more CPU than running the requests did at a few hundred a second
 # (`make bench`, docs/BENCHMARKS.md); a record is at most this much later in the database.
 _LINGER_SECONDS = 0.25
-
-
-class UsageEvent(TypedDict):
-    request_id: str
-    key_id: int | None
-    key_prefix: str
-    model: str
-    endpoint: str
-    client: str
-    worker: str
-    status: int
-    finish_reason: str
-    error_code: str
-    stream: bool
-    prompt_tokens: int
-    completion_tokens: int
-    queue_ms: float | None
-    ttft_ms: float | None
-    latency_ms: float | None
-    created_at: float  # Unix time
-    itl_hist: list[int]  # counts per ITL_BUCKETS_MS bound, plus one for above the last
-    itl_sum_ms: float
-
-
-def usage_event(
-    *,
-    request_id: str,
-    key_id: int | None,
-    key_prefix: str,
-    model: str,
-    endpoint: str,
-    status: int,
-    client: str = "api",
-    worker: str = "",
-    finish_reason: str = "",
-    error_code: str = "",
-    stream: bool = False,
-    prompt_tokens: int = 0,
-    completion_tokens: int = 0,
-    queue_ms: float | None = None,
-    ttft_ms: float | None = None,
-    latency_ms: float | None = None,
-    created_at: float | None = None,
-    itl_hist: list[int] | None = None,
-    itl_sum_ms: float = 0.0,
-) -> UsageEvent:
-    return {
-        "request_id": request_id,
-        "key_id": key_id,
-        "key_prefix": key_prefix,
-        # Whatever the client sent as the model name: PostgreSQL refuses NUL in text, and a
-        # key pasted there must not end up in /metrics and the admin.
-        "model": redact(model.replace("\x00", ""))[:256],
-        "endpoint": endpoint,
-        "client": client,
-        "worker": worker,
-        "status": status,
-        "finish_reason": finish_reason,
-        "error_code": error_code,
-        "stream": stream,
-        "prompt_tokens": prompt_tokens,
-        "completion_tokens": completion_tokens,
-        "queue_ms": queue_ms,
-        "ttft_ms": ttft_ms,
-        "latency_ms": latency_ms,
-        "created_at": time.time() if created_at is None else created_at,
-        "itl_hist": itl_hist or [],
-        "itl_sum_ms": itl_sum_ms,
-    }
-
-
-def itl_histogram(gaps_ms: list[float]) -> list[int]:
-    counts = [0] * (len(ITL_BUCKETS_MS) + 1)
-    for gap in gaps_ms:
-        for index, bound in enumerate(ITL_BUCKETS_MS):
-            if gap <= bound:
-                counts[index] += 1
-                break
-        else:
-            counts[-1] += 1
-    return counts
-
-
-def encode(event: UsageEvent) -> bytes:
-    return orjson.dumps(event)
 
 
 async def usage_record(event: UsageEvent) -> None:
@@ -157,10 +74,6 @@ def usage_write_batch(events: list[UsageEvent], *, redis_up: bool = True) -> int
     With `redis_up=False` (the fallback while Redis is down) only the database is written: each
     Redis call would just wait out its timeout.
     """
-    from keys.models import ApiKey
-    from keys.services import keys_touch_last_used
-    from telemetry.models import UsageRecord
-
     if not events:
         return 0
     # A key deleted since (with its owner) keeps its records, without the link.
@@ -207,8 +120,6 @@ def usage_write_batch(events: list[UsageEvent], *, redis_up: bool = True) -> int
         return len(fresh)
     inserted = {row.request_id for row in fresh}
     try:
-        from telemetry.prometheus import metrics_observe
-
         metrics_observe([event for event in events if event["request_id"] in inserted])
     except REDIS_ERRORS:
         logger.warning("could not update Prometheus aggregates", exc_info=True)
@@ -220,8 +131,6 @@ def usage_write_batch(events: list[UsageEvent], *, redis_up: bool = True) -> int
 def _announce_new_usage() -> None:
     """Open overview pages recompute their numbers. The event carries none: each consumer
     computes what its own user may see."""
-    from nebula_site.events import OVERVIEW_GROUP, OverviewEventPayload, broadcast
-
     payload: OverviewEventPayload = {"type": "overview.changed"}
     broadcast(OVERVIEW_GROUP, payload)
 

@@ -20,8 +20,11 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from nebula_site.redis_client import get_redis
-from telemetry.ledger import ITL_BUCKETS_MS, UsageEvent
+from inference.heartbeats import live_workers
+from inference.slots import slot_usage
+from infra.redis_client import get_redis
+from models_registry.models import DeployedModel, ModelState
+from telemetry.events import ITL_BUCKETS_MS, UsageEvent
 
 HASH = "nebula:prometheus"
 PREFIX = "nebula:"
@@ -146,10 +149,6 @@ def _parse(raw: dict[Any, Any]) -> Parsed:
 
 class NebulaCollector(Collector):
     def collect(self) -> Iterator[Any]:
-        from inference.slots import slot_usage
-        from inference.workers import live_workers
-        from models_registry.models import DeployedModel, ModelState
-
         parsed = _parse(get_redis().hgetall(HASH))
         for metric, (label_names, documentation) in COUNTERS.items():
             counter = CounterMetricFamily(PREFIX + metric, documentation, labels=label_names)

@@ -10,9 +10,11 @@ from django.db.models import Count, Q, QuerySet, Sum
 from django.db.models.functions import TruncHour, TruncMinute
 from django.utils import timezone
 
+from infra.errors import InvalidRequest
 from keys.access import Actor, keys_visible_to
 from keys.models import ApiKey
-from nebula_site.errors import InvalidRequest
+from models_registry.services import fleet_snapshot
+from telemetry.health import health_report
 from telemetry.models import UsageRecord
 
 MAX_RANGE = timedelta(days=31)
@@ -267,9 +269,6 @@ def usage_models(*, actor: Actor) -> list[str]:
 def overview_report(*, actor: Actor) -> dict[str, Any]:
     """Everything the overview page shows, as this actor may see it: their own traffic (an
     operator's: everyone's), the models they can use, and which workers run (operators only)."""
-    from models_registry.services import fleet_snapshot
-    from telemetry.health import health_report
-
     operator = actor.is_operator
     now = timezone.now()
     healthy, health = health_report(detailed=operator)

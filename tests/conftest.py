@@ -20,7 +20,7 @@ LIVE_TIME_SCALE = "0.1"
 @pytest.fixture(scope="session", autouse=True)
 def _clean_test_redis() -> None:
     """Start every run from an empty test Redis database."""
-    from nebula_site.redis_client import get_redis
+    from infra.redis_client import get_redis
 
     get_redis().flushdb()
 
@@ -28,14 +28,14 @@ def _clean_test_redis() -> None:
 @pytest.fixture(autouse=True)
 def _fresh_process_caches() -> None:
     """Each test starts with empty key and model caches in this process."""
-    from nebula_site.epoch import observe_epoch
+    from infra.epoch import observe_epoch
 
     observe_epoch(f"test-{uuid.uuid4().hex}")
 
 
 @pytest.fixture
 def redis_client() -> Any:
-    from nebula_site.redis_client import get_redis
+    from infra.redis_client import get_redis
 
     return get_redis()
 
@@ -133,7 +133,7 @@ def stack(django_db_setup: Any, django_db_blocker: Any) -> Iterator[Stack]:
 def live(stack: Stack, transactional_db: Any) -> Iterator[Stack]:
     """The live stack, for a test whose data must be committed (the servers read it)."""
     yield stack
-    from nebula_site.epoch import epoch_bump
+    from infra.epoch import epoch_bump
     from telemetry.ledger import ledger_flush
 
     # Settle what the test left in flight before its rows are flushed, then make every server

@@ -14,14 +14,15 @@ from channels.testing import WebsocketCommunicator
 from django.contrib.auth.models import AnonymousUser
 from django.test import override_settings
 
+from dashboard.consumers import CLOSE_NOT_AUTHENTICATED, CLOSE_REDIS_LOST
 from inference.consumers import PlaygroundConsumer
+from infra.channel_layers import CHANNELS_REDIS_BRPOP_TIMEOUT, redis_channel_layer
 from models_registry import services as model_services
 from models_registry.consumers import FleetConsumer
 from models_registry.models import DeployedModel
-from nebula_site.channel_layers import CHANNELS_REDIS_BRPOP_TIMEOUT, redis_channel_layer
-from nebula_site.consumers import CLOSE_NOT_AUTHENTICATED, CLOSE_REDIS_LOST
 from telemetry.consumers import OverviewConsumer
-from telemetry.ledger import usage_event, usage_write_batch
+from telemetry.events import usage_event
+from telemetry.ledger import usage_write_batch
 from tests.support.proxy import TcpProxy
 
 IN_MEMORY = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
@@ -344,7 +345,7 @@ def test_usage_events_carry_no_data(alice, make_key, transactional_db):
     """What the ledger broadcasts says only "something changed": nobody's numbers travel."""
     from channels.layers import get_channel_layer
 
-    from nebula_site.events import OVERVIEW_GROUP
+    from infra.events import OVERVIEW_GROUP
 
     key, _ = make_key(alice)
     layer = get_channel_layer()
@@ -371,7 +372,7 @@ def test_logging_out_elsewhere_ends_the_socket(alice, transactional_db):
     from channels.layers import get_channel_layer
     from django.test import Client
 
-    from nebula_site.events import OVERVIEW_GROUP
+    from infra.events import OVERVIEW_GROUP
 
     browser = Client()
     browser.force_login(alice)
@@ -403,7 +404,7 @@ def test_an_event_broadcast_from_a_thread_running_an_event_loop_arrives():
     does); its broadcasts still reach the group, over the real Redis layer."""
     from django.conf import settings
 
-    from nebula_site.events import broadcast
+    from infra.events import broadcast
 
     layer = {"default": redis_channel_layer(settings.REDIS_URL, redis_timeout=2.0, prefix="bc")}
 

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from inference.schemas import ChatCompletionRequest, parse_chat_request
 from inference.services import _check_size
-from nebula_site.errors import InvalidRequest
+from infra.errors import InvalidRequest
 
 CODES = {"invalid_json", "missing_required_parameter", "invalid_value", "invalid_type"}
 SIZE_CODES = {"too_many_messages", "message_too_long", "unsupported_content"}

@@ -7,9 +7,9 @@ from types import SimpleNamespace
 
 import orjson
 
-from inference import services
+from inference import completion as completion_module
 from inference.jobs import job_key
-from inference.services import Completion
+from inference.completion import Completion
 from tests.support.jobs import make_job
 
 
@@ -19,7 +19,7 @@ def test_a_resent_job_gets_the_whole_queue_timeout_again(settings, redis_client,
     # queue_timeout the moment it had to wait for a GPU slot.
     settings.NEBULA_QUEUE_TIMEOUT = 5.0
     queue = f"nebula:test-queue:{uuid.uuid4().hex}"  # not the queue the live workers read
-    monkeypatch.setattr(services, "QUEUE", queue)
+    monkeypatch.setattr(completion_module, "QUEUE", queue)
     job = make_job(enqueued_at=time.time() - 60)
     redis_client.hset(job_key(job["id"]), mapping={"state": "running", "worker": "w1/run1"})
     ctx = SimpleNamespace(request_id=job["id"])

@@ -2,9 +2,9 @@
 
 import pytest
 
+from infra.errors import Conflict, InvalidRequest
 from models_registry import services
 from models_registry.models import DeployedModel, ModelEvent
-from nebula_site.errors import Conflict, InvalidRequest
 
 pytestmark = pytest.mark.django_db
 

@@ -3,8 +3,8 @@ import threading
 
 import pytest
 
+from infra.db import SingleFlight
 from keys.auth import key_info_for_secret
-from nebula_site.db import SingleFlight
 
 
 def test_concurrent_callers_share_one_computation():

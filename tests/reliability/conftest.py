@@ -118,8 +118,8 @@ def faults(fault_stack: FaultStack, transactional_db: Any) -> Iterator[FaultStac
     in the test reach its web processes; ledger_flush reads its usage stream)."""
     from django.conf import settings
 
-    from nebula_site import redis_client
-    from nebula_site.epoch import epoch_bump, observe_epoch
+    from infra import redis_client
+    from infra.epoch import epoch_bump, observe_epoch
     from telemetry.ledger import ledger_flush
 
     fault_stack.revive()

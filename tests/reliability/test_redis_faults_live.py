@@ -16,7 +16,7 @@ import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
-from nebula_site.consumers import CLOSE_REDIS_LOST
+from dashboard.consumers import CLOSE_REDIS_LOST
 from telemetry.ledger import ledger_flush
 from telemetry.models import UsageRecord
 from tests.reliability.conftest import SLOW

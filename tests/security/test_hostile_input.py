@@ -14,7 +14,7 @@ import pytest
 from django.test import Client
 
 # Committed data: /v1 views read keys and models on a pool of their own threads
-# (nebula_site.db), which cannot see a test's open transaction.
+# (infra.db), which cannot see a test's open transaction.
 pytestmark = pytest.mark.django_db(transaction=True)
 
 HELLO = [{"role": "user", "content": "hello"}]

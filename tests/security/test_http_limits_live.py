@@ -1,6 +1,6 @@
 """Limits the live web server (daphne) enforces before a request reaches Django: bodies too
 large are refused as they arrive, without being held in memory; malformed or oversized HTTP
-gets a JSON error. See nebula_site.http_server."""
+gets a JSON error. See infra.http_server."""
 
 from __future__ import annotations
 

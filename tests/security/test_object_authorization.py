@@ -206,7 +206,7 @@ def test_the_admin_is_for_staff(world):
     assert world.call(OPERATOR, "get", "/admin/keys/apikey/").status_code == 403
 
 
-# Committed data: /v1 views read keys and models on their own threads (nebula_site.db).
+# Committed data: /v1 views read keys and models on their own threads (infra.db).
 @pytest.mark.django_db(transaction=True)
 def test_v1_models_show_a_key_only_the_models_it_may_use(world, make_key):
     _, limited = make_key(world.users[ALICE], allowed_models=["old-model"])

@@ -10,8 +10,8 @@ from typing import Any
 import orjson
 
 from inference.jobs import JobPayload
+from infra.redis_client import get_redis, new_sync_connection
 from models_registry.gpus import GPU_TYPES
-from nebula_site.redis_client import get_redis, new_sync_connection
 
 
 def make_job(
@@ -99,7 +99,7 @@ class ReplyListener:
 
 
 def usage_events(request_id: str) -> list[dict[str, Any]]:
-    from telemetry.ledger import STREAM
+    from telemetry.events import STREAM
 
     entries: Any = get_redis().xrange(STREAM)
     events = [orjson.loads(fields[b"d"]) for _, fields in entries]

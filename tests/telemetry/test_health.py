@@ -1,7 +1,7 @@
 import pytest
 from django.test import Client
 
-from nebula_site import redis_client
+from infra import redis_client
 
 
 def test_health_is_ok_with_database_redis_and_workers(live):
@@ -52,7 +52,7 @@ def test_health_is_503_naming_redis_when_redis_is_unreachable(client, redis_unre
 
 @pytest.mark.django_db
 def test_health_is_503_naming_workers_when_none_reports(client, monkeypatch):
-    monkeypatch.setattr("inference.workers.WORKERS_KEY", "nebula:test:no-workers")
+    monkeypatch.setattr("inference.heartbeats.WORKERS_KEY", "nebula:test:no-workers")
     response = client.get("/health")
     assert response.status_code == 503
     assert response.json()["failing"] == ["workers"]

@@ -9,7 +9,7 @@ import openai
 import orjson
 
 from inference.jobs import celery_message
-from nebula_site.redis_client import get_redis
+from infra.redis_client import get_redis
 from telemetry.ledger import ledger_flush
 from telemetry.models import UsageRecord
 from tests.support.jobs import ReplyListener, make_job

@@ -5,8 +5,8 @@ from typing import Any
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from infra.errors import NebulaError
 from keys.services import key_create
-from nebula_site.errors import NebulaError
 
 
 class Command(BaseCommand):

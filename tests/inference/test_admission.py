@@ -6,9 +6,10 @@ import time
 
 import pytest
 
-from keys.ratelimit import admit, format_duration, rpm_key, tpm_key, tpm_settle
-from nebula_site.epoch import EPOCH_KEY
-from nebula_site.redis_client import get_async_redis
+from inference.admission import admit
+from infra.epoch import EPOCH_KEY
+from infra.redis_client import get_async_redis
+from keys.ratelimit import format_duration, rpm_key, tpm_key, tpm_settle
 
 _ids = itertools.count(10_000_000 + int(time.time()) % 1_000_000 * 10)
 

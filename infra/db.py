@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 from django.conf import settings
 from django.db import close_old_connections
 
-from nebula_site.errors import DATABASE_ERRORS, database_unavailable
+from infra.errors import DATABASE_ERRORS, database_unavailable
 
 T = TypeVar("T")
 

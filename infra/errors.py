@@ -17,7 +17,7 @@ from django.http import Http404, HttpResponse
 from rest_framework import exceptions as drf_exceptions
 from rest_framework.response import Response
 
-from nebula_site.logging import redact
+from infra.logging import redact
 
 
 class NebulaError(Exception):
@@ -72,6 +72,17 @@ class PermissionDenied(NebulaError):
 class NotFound(NebulaError):
     status = 404
     code = "not_found"
+
+
+class MethodNotAllowed(NebulaError):
+    status = 405
+    code = "method_not_allowed"
+
+    def __init__(self, method: str, allowed: tuple[str, ...]) -> None:
+        names = ", ".join(allowed)
+        super().__init__(
+            f"Method {method} is not allowed here; use {names}.", headers={"Allow": names}
+        )
 
 
 class Conflict(NebulaError):

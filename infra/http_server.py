@@ -25,8 +25,8 @@ from typing import Any
 import orjson
 from django.conf import settings
 
-from nebula_site.errors import error_body
-from nebula_site.logging import redact
+from infra.errors import error_body
+from infra.logging import redact
 
 # After refusing a body, keep reading (and dropping) what the client still sends for this long,
 # so that it reads our answer instead of a connection reset, then cut it off.

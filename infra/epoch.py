@@ -23,7 +23,7 @@ from typing import Generic, TypeVar
 from django.conf import settings
 from django.db import transaction
 
-from nebula_site.redis_client import REDIS_ERRORS, get_redis
+from infra.redis_client import REDIS_ERRORS, get_redis
 
 logger = logging.getLogger(__name__)
 

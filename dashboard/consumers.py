@@ -14,10 +14,10 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from django.contrib.auth import HASH_SESSION_KEY, SESSION_KEY, get_user_model
 from django.utils.crypto import constant_time_compare
 
+from infra.errors import InternalError, InvalidRequest, NebulaError
+from infra.events import remember_main_loop
+from infra.redis_client import REDIS_ERRORS
 from keys.access import Actor, actor_for_user
-from nebula_site.errors import InternalError, InvalidRequest, NebulaError
-from nebula_site.events import remember_main_loop
-from nebula_site.redis_client import REDIS_ERRORS
 
 logger = logging.getLogger(__name__)
 

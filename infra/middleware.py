@@ -8,11 +8,11 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
-from django.core.handlers.asgi import ASGIHandler
+from django.core.handlers.asgi import ASGIHandler, ASGIRequest
 from django.core.handlers.exception import convert_exception_to_response
 from django.http import HttpRequest, HttpResponseBase
 
-from nebula_site.errors import (
+from infra.errors import (
     DATABASE_ERRORS,
     InternalError,
     NebulaError,
@@ -25,6 +25,23 @@ logger = logging.getLogger(__name__)
 
 def new_request_id() -> str:
     return f"req_{uuid.uuid4().hex}"
+
+
+class ApiRequest(ASGIRequest):
+    """A request on the lean /v1 handler: Django's ASGI request, born with its request id."""
+
+    def __init__(self, scope: Any, body_file: Any) -> None:
+        super().__init__(scope, body_file)
+        self.request_id = new_request_id()
+
+
+def request_id_of(request: HttpRequest) -> str:
+    """The request's id, given to it on arrival (`ApiRequest`, or the middleware below)."""
+    request_id = getattr(request, "request_id", None)
+    if not isinstance(request_id, str):
+        request_id = new_request_id()
+        setattr(request, "request_id", request_id)  # noqa: B010 - HttpRequest declares no such attribute
+    return request_id
 
 
 class RequestIdMiddleware:
@@ -46,15 +63,15 @@ class RequestIdMiddleware:
     def __call__(self, request: HttpRequest) -> Any:
         if self.is_async:
             return self.__acall__(request)
-        request.request_id = new_request_id()  # type: ignore[attr-defined]
+        request_id = request_id_of(request)
         response: HttpResponseBase = self.get_response(request)
-        response.headers.setdefault("x-request-id", request.request_id)  # type: ignore[attr-defined]
+        response.headers.setdefault("x-request-id", request_id)
         return response
 
     async def __acall__(self, request: HttpRequest) -> HttpResponseBase:
-        request.request_id = new_request_id()  # type: ignore[attr-defined]
+        request_id = request_id_of(request)
         response: HttpResponseBase = await self.get_response(request)
-        response.headers.setdefault("x-request-id", request.request_id)  # type: ignore[attr-defined]
+        response.headers.setdefault("x-request-id", request_id)
         # The /v1 chain has no SecurityMiddleware (a thread hop per request); this is the
         # header of its that matters for API responses.
         response.headers.setdefault("X-Content-Type-Options", "nosniff")
@@ -98,6 +115,8 @@ class ApiASGIHandler(ASGIHandler):
     have nothing to do there, and under ASGI each of them costs two thread hops per request.
     URL resolution, views and responses are plain Django.
     """
+
+    request_class = ApiRequest
 
     def load_middleware(self, is_async: bool = False) -> None:
         self._view_middleware: list[Any] = []

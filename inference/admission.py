@@ -1,0 +1,141 @@
+"""Admitting a request at the gateway: one Lua script, one round trip to Redis.
+
+The script (1) confirms that the caches the caller answered from are current (the epoch, see
+`infra.epoch`), (2) checks that a worker is alive when the request needs one, (3) charges the
+key's rate limits (GCRA, see `keys.ratelimit`), and (4) enqueues the job, all or nothing: a
+request is never queued without being charged, nor charged for a job that was not queued.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import redis.asyncio as aioredis
+
+from infra.epoch import EPOCH_KEY
+from infra.lua import NOW_MS, LuaScript
+from keys.ratelimit import format_duration, rpm_key, tpm_key
+
+# KEYS: epoch, rpm TAT, tpm TAT, workers zset, queue list
+# ARGV: expected epoch, rpm, tpm (0 = none), token cost, worker ttl ms (0 = no check), message
+_ADMIT = LuaScript(
+    NOW_MS
+    + """
+local epoch = redis.call('GET', KEYS[1])
+if not epoch then
+  epoch = 'r' .. __t[1] .. __t[2]
+  redis.call('SET', KEYS[1], epoch)
+end
+if epoch ~= ARGV[1] then return {'stale', epoch} end
+local worker_ttl = tonumber(ARGV[5])
+if worker_ttl > 0 and redis.call('ZCOUNT', KEYS[4], now - worker_ttl, '+inf') == 0 then
+  return {'no_workers', epoch}
+end
+local period = 60000
+local rpm = tonumber(ARGV[2])
+local r_interval = period / rpm
+local r_tat = math.max(tonumber(redis.call('GET', KEYS[2]) or now), now)
+local r_new = r_tat + r_interval
+local ok = (r_new - now) <= period
+local tpm = tonumber(ARGV[3])
+local t_tat, t_new, t_interval = now, now, 0
+if tpm > 0 then
+  t_interval = period / tpm
+  t_tat = math.max(tonumber(redis.call('GET', KEYS[3]) or now), now)
+  t_new = t_tat + tonumber(ARGV[4]) * t_interval
+  if (t_new - now) > period then ok = false end
+end
+local r_retry, t_retry = 0, 0
+if ok then
+  redis.call('SET', KEYS[2], tostring(r_new), 'PX', math.ceil(r_new - now) + 1000)
+  if tpm > 0 then
+    redis.call('SET', KEYS[3], tostring(t_new), 'PX', math.ceil(t_new - now) + 1000)
+  end
+  r_tat, t_tat = r_new, t_new
+  if ARGV[6] ~= '' then redis.call('LPUSH', KEYS[5], ARGV[6]) end
+else
+  r_retry = math.max(r_new - period - now, 0)
+  if tpm > 0 then t_retry = math.max(t_new - period - now, 0) end
+end
+local r_remaining = math.floor((period - (r_tat - now)) / r_interval)
+local t_remaining = 0
+if tpm > 0 then t_remaining = math.floor((period - (t_tat - now)) / t_interval) end
+return {ok and 'ok' or 'limited', epoch, r_remaining, math.ceil(r_tat - now),
+        math.ceil(math.max(r_retry, t_retry)), t_remaining, math.ceil(t_tat - now), now}
+"""
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    status: str  # ok, limited, stale, no_workers
+    epoch: str
+    rpm_limit: int = 0
+    rpm_remaining: int = 0
+    rpm_reset_ms: int = 0
+    retry_after_ms: int = 0
+    tpm_limit: int | None = None
+    tpm_remaining: int = 0
+    tpm_reset_ms: int = 0
+    now_ms: int = 0
+
+    @property
+    def admitted(self) -> bool:
+        return self.status == "ok"
+
+    def headers(self) -> dict[str, str]:
+        if self.status not in ("ok", "limited"):
+            return {}
+        reset_at = math.ceil((self.now_ms + self.rpm_reset_ms) / 1000)
+        headers = {
+            "X-RateLimit-Limit": str(self.rpm_limit),
+            "X-RateLimit-Remaining": str(self.rpm_remaining),
+            "X-RateLimit-Reset": str(reset_at),
+            "x-ratelimit-limit-requests": str(self.rpm_limit),
+            "x-ratelimit-remaining-requests": str(self.rpm_remaining),
+            "x-ratelimit-reset-requests": format_duration(self.rpm_reset_ms),
+        }
+        if self.tpm_limit:
+            headers["x-ratelimit-limit-tokens"] = str(self.tpm_limit)
+            headers["x-ratelimit-remaining-tokens"] = str(self.tpm_remaining)
+            headers["x-ratelimit-reset-tokens"] = format_duration(self.tpm_reset_ms)
+        if self.status == "limited":
+            headers["Retry-After"] = str(max(1, math.ceil(self.retry_after_ms / 1000)))
+        return headers
+
+
+async def admit(
+    client: aioredis.Redis,
+    *,
+    key_id: int,
+    expected_epoch: str | None,
+    rpm_limit: int,
+    tpm_limit: int | None = None,
+    token_cost: int = 0,
+    worker_ttl_ms: int = 0,
+    workers_key: str = "",
+    queue: str = "",
+    message: bytes = b"",
+) -> Admission:
+    result = await _ADMIT.acall(
+        client,
+        [EPOCH_KEY, rpm_key(key_id), tpm_key(key_id), workers_key or "-", queue or "-"],
+        [expected_epoch or "", rpm_limit, tpm_limit or 0, token_cost, worker_ttl_ms, message],
+    )
+    status = result[0].decode()
+    epoch = result[1].decode()
+    if status in ("stale", "no_workers"):
+        return Admission(status=status, epoch=epoch)
+    return Admission(
+        status=status,
+        epoch=epoch,
+        rpm_limit=rpm_limit,
+        rpm_remaining=int(result[2]),
+        rpm_reset_ms=int(result[3]),
+        retry_after_ms=int(result[4]),
+        tpm_limit=tpm_limit,
+        tpm_remaining=int(result[5]),
+        tpm_reset_ms=int(result[6]),
+        now_ms=int(result[7]),
+    )
