@@ -9,12 +9,53 @@ def _default_rpm() -> int:
     return settings.NEBULA_DEFAULT_RPM
 
 
+class Team(models.Model):
+    """A group of users that owns keys (and budgets) together. Members see the team's keys and
+    usage; team admins manage them; operators see every team."""
+
+    name = models.CharField(max_length=100, unique=True)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class TeamRole(models.TextChoices):
+    MEMBER = "member", "member"
+    ADMIN = "admin", "team admin"
+
+
+class TeamMembership(models.Model):
+    team = models.ForeignKey(Team, on_delete=models.CASCADE, related_name="memberships")
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="team_memberships"
+    )
+    role = models.CharField(max_length=16, choices=TeamRole.choices, default=TeamRole.MEMBER)
+    joined_at = models.DateTimeField(default=timezone.now, editable=False)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["team", "user"], name="team_membership_unique"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.user} in {self.team} ({self.role})"
+
+
 class ApiKey(models.Model):
     """An API key. The secret itself is never stored: only its SHA-256 digest and a prefix."""
 
     name = models.CharField(max_length=100)
     owner = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_keys"
+    )
+    # A team's key: its members see it, its team admins manage it, and it counts against the
+    # team's budget. Without a team, a key is its owner's alone.
+    team = models.ForeignKey(
+        Team, on_delete=models.PROTECT, null=True, blank=True, related_name="api_keys"
     )
     prefix = models.CharField(max_length=16, db_index=True, editable=False)
     digest = models.CharField(max_length=64, unique=True, editable=False)

@@ -31,8 +31,21 @@ TRANSITIONS: dict[str, set[str]] = {
 }
 
 
+class ModelKind(models.TextChoices):
+    CHAT = "chat", "chat and text completions"
+    EMBEDDING = "embedding", "embeddings"
+
+
+class Backend(models.TextChoices):
+    SIMULATED = "simulated", "simulated GPUs"
+    OPENAI_COMPATIBLE = "openai-compatible", "an OpenAI-compatible upstream (vLLM, llama.cpp, …)"
+
+
 class DeployedModel(models.Model):
     name = models.CharField(max_length=64)
+    # What the deployment serves (which /v1 endpoints), and what serves it.
+    kind = models.CharField(max_length=16, choices=ModelKind.choices, default=ModelKind.CHAT)
+    backend = models.CharField(max_length=32, choices=Backend.choices, default=Backend.SIMULATED)
     parameters = models.BigIntegerField(help_text="Parameter count, e.g. 7000000000.")
     gpu_type = models.CharField(max_length=32, choices=GPU_CHOICES)
     gpus_per_replica = models.PositiveSmallIntegerField(default=1)
@@ -102,3 +115,36 @@ class ModelEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.model.name}: {self.from_state or '∅'} → {self.to_state}"
+
+
+class ModelPrice(models.Model):
+    """What a model's tokens cost, from `effective_from` on (until the next price). By model
+    name, not deployment: a model redeployed under the same name keeps its price history, and
+    usage records name the model they used."""
+
+    model_name = models.CharField(max_length=64, db_index=True)
+    prompt_per_million = models.DecimalField(
+        "price per million prompt tokens", max_digits=12, decimal_places=6
+    )
+    completion_per_million = models.DecimalField(
+        "price per million completion tokens", max_digits=12, decimal_places=6
+    )
+    effective_from = models.DateTimeField(default=timezone.now)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+
+    class Meta:
+        ordering = ["model_name", "-effective_from"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["model_name", "effective_from"], name="model_price_one_per_instant"
+            ),
+            models.CheckConstraint(
+                condition=models.Q(prompt_per_million__gte=0, completion_per_million__gte=0),
+                name="model_price_not_negative",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.model_name} from {self.effective_from:%Y-%m-%d %H:%M}"

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+from django.conf import settings
 from django.db import models
+from django.utils import timezone
 
 
 class UsageRecord(models.Model):
@@ -28,6 +30,9 @@ class UsageRecord(models.Model):
     queue_ms = models.FloatField(null=True, blank=True)
     ttft_ms = models.FloatField("time to first token (ms)", null=True, blank=True)
     latency_ms = models.FloatField(null=True, blank=True)
+    # What the request cost, at the model's price when it was made: computed once, when the
+    # record is written, exactly (a Decimal, never a float).
+    cost = models.DecimalField(max_digits=20, decimal_places=10, default=0)
     created_at = models.DateTimeField(db_index=True)
 
     class Meta:
@@ -43,3 +48,32 @@ class UsageRecord(models.Model):
     @property
     def total_tokens(self) -> int:
         return self.prompt_tokens + self.completion_tokens
+
+
+class AuditEvent(models.Model):
+    """One operator (or team admin) action: who did what to which object, when, and the object
+    before and after. Written by the services that perform the actions, never edited."""
+
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="audit_events",
+    )
+    # Who acted, as shown: a username, "admin key nb_AbC…", or "system".
+    actor_label = models.CharField(max_length=150)
+    action = models.CharField(max_length=64)  # e.g. "key.create", "model.deploy", "price.set"
+    target_type = models.CharField(max_length=32)  # "api_key", "deployment", "price", "budget"
+    target_id = models.CharField(max_length=64, blank=True)
+    target_label = models.CharField(max_length=256, blank=True)
+    before = models.JSONField(null=True, blank=True)
+    after = models.JSONField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [models.Index(fields=["target_type", "target_id"])]
+
+    def __str__(self) -> str:
+        return f"{self.created_at:%Y-%m-%d %H:%M:%S} {self.actor_label} {self.action}"

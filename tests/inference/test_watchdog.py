@@ -8,8 +8,8 @@ from types import SimpleNamespace
 import orjson
 
 from inference import completion as completion_module
-from inference.jobs import job_key
 from inference.completion import Completion
+from inference.jobs import job_key
 from tests.support.jobs import make_job
 
 
