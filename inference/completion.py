@@ -13,7 +13,7 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, NoReturn
 
 from django.conf import settings
 
@@ -27,8 +27,13 @@ from inference.jobs import (
     JOB_TTL_SECONDS,
     QUEUE,
     TAKE_OVER,
+    DeltaMessage,
     DoneMessage,
+    ErrorMessage,
+    HubMessage,
     JobPayload,
+    TickMessage,
+    WorkerMessage,
     celery_message,
     job_key,
 )
@@ -72,7 +77,7 @@ class Completion:
         self,
         ctx: RequestContext,
         hub: ReplyHub,
-        queue: asyncio.Queue[dict[str, Any]],
+        queue: asyncio.Queue[HubMessage],
         payload: JobPayload,
         admitted: Admitted,
     ) -> None:
@@ -94,7 +99,7 @@ class Completion:
         self._ended_unheard = False
 
     # --- reading replies ------------------------------------------------------------------
-    async def _next(self, *, ticks: bool = False) -> dict[str, Any]:
+    async def _next(self, *, ticks: bool = False) -> WorkerMessage | TickMessage:
         while True:
             try:
                 async with asyncio.timeout(WATCHDOG_SECONDS):
@@ -106,10 +111,9 @@ class Completion:
                     return {"t": "tick"}
                 continue
             self._last_activity = time.monotonic()
-            kind = message["t"]
-            if kind == "lost":
+            if message["t"] == "lost":
                 await self._fail_lost()
-            if kind == "delta":
+            if message["t"] == "delta":
                 if message["seq"] != self._seq + 1:
                     await self._fail("The token stream lost messages.", code="stream_broken")
                 self._seq = message["seq"]
@@ -126,17 +130,18 @@ class Completion:
                 self.finished = True
                 raise WorkerFailed(message["message"], code=message["code"], recorded=True)
 
-    async def events(self, *, ticks: bool = False) -> AsyncIterator[dict[str, Any]]:
+    async def events(
+        self, *, ticks: bool = False
+    ) -> AsyncIterator[DeltaMessage | DoneMessage | ErrorMessage | TickMessage]:
         """Delta, done and error messages until the job ends (after `wait_started`); with
         `ticks`, also a `tick` now and then while nothing happens (for keep-alives)."""
         while not self.finished:
             message = await self._next(ticks=ticks)
-            kind = message["t"]
-            if kind == "start":
+            if message["t"] == "start":
                 self.started = True
                 self.queue_ms = message["queue_ms"]
                 continue
-            if kind in ("done", "error"):
+            if message["t"] == "done" or message["t"] == "error":
                 self.finished = True
             yield message
 
@@ -146,7 +151,7 @@ class Completion:
         docs/BENCHMARKS.md). The first message is the result or an error."""
         async for message in self.events():
             if message["t"] == "done":
-                return message  # type: ignore[return-value]
+                return message
             if message["t"] == "error":
                 raise WorkerFailed(message["message"], code=message["code"], recorded=True)
         raise WorkerFailed("The job ended without a result.", code="worker_error", recorded=False)
@@ -208,7 +213,8 @@ class Completion:
         client = get_async_redis()
         key = job_key(self.ctx.request_id)
         if not self.relayed and self.attempts < MAX_ATTEMPTS:
-            if await TAKE_OVER.acall(client, [key], [worker, "retry", JOB_TTL_SECONDS]):
+            # Nothing reached the client: the tokens the dead attempt made are not billed.
+            if await TAKE_OVER.acall(client, [key], [worker, "retry", JOB_TTL_SECONDS]) >= 0:
                 logger.warning(
                     "worker %s died with job %s; resending it", worker, self.ctx.request_id
                 )
@@ -221,21 +227,30 @@ class Completion:
                 self.deadline = time.time() + settings.NEBULA_QUEUE_TIMEOUT
                 await client.lpush(QUEUE, celery_message(self.payload))
             return
-        if await TAKE_OVER.acall(client, [key], [worker, "fail", JOB_TTL_SECONDS]):
+        made = await TAKE_OVER.acall(client, [key], [worker, "fail", JOB_TTL_SECONDS])
+        if made >= 0:
             self.finished = True
-            await self.ctx.record(status=503, error_code="worker_lost", finish_reason="error")
+            # What the client received is billed: the prompt, and the tokens made until the
+            # worker died (it notes them in the job as it goes).
+            await self.ctx.record(
+                status=503,
+                error_code="worker_lost",
+                finish_reason="error",
+                prompt_tokens=self.payload["prompt_tokens"],
+                completion_tokens=int(made),
+            )
             raise WorkerFailed(
                 "The worker running this request stopped. Retry the request.",
                 code="worker_lost",
                 recorded=True,
             )
 
-    async def _fail_lost(self) -> None:
+    async def _fail_lost(self) -> NoReturn:
         await self._fail(
             "Lost the connection that carries this request's tokens.", code="stream_broken"
         )
 
-    async def _fail(self, message: str, *, code: str) -> None:
+    async def _fail(self, message: str, *, code: str) -> NoReturn:
         """End the job from this side; record it unless a worker will (it was running)."""
         self.finished = True
         previous = ""

@@ -20,27 +20,27 @@ import contextlib
 import logging
 import uuid
 import weakref
-from typing import Any
 
 import orjson
 
+from inference.jobs import HubMessage, LostMessage, WorkerMessage
 from infra.errors import ServiceUnavailable
 from infra.redis_client import REDIS_ERRORS, new_async_connection
 
 logger = logging.getLogger(__name__)
 
-LOST: dict[str, Any] = {"t": "lost"}
+LOST: LostMessage = {"t": "lost"}
 
 
 class ReplyHub:
     def __init__(self) -> None:
         self.channel = f"nebula:reply:{uuid.uuid4().hex}"
-        self._queues: dict[str, asyncio.Queue[dict[str, Any]]] = {}
+        self._queues: dict[str, asyncio.Queue[HubMessage]] = {}
         self._ready = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
-    def open(self, request_id: str) -> asyncio.Queue[dict[str, Any]]:
-        queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+    def open(self, request_id: str) -> asyncio.Queue[HubMessage]:
+        queue: asyncio.Queue[HubMessage] = asyncio.Queue()
         self._queues[request_id] = queue
         return queue
 
@@ -81,7 +81,7 @@ class ReplyHub:
                 async for message in pubsub.listen():
                     if message["type"] != "message":
                         continue
-                    data = orjson.loads(message["data"])
+                    data: WorkerMessage = orjson.loads(message["data"])
                     queue = self._queues.get(data["r"])
                     if queue is not None:
                         queue.put_nowait(data)

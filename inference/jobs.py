@@ -118,6 +118,24 @@ class ErrorMessage(TypedDict):
 WorkerMessage = StartMessage | DeltaMessage | DoneMessage | ErrorMessage
 
 
+# --- What the web side's reader of a job sees besides the worker's messages ----------------------
+
+
+class LostMessage(TypedDict):
+    """The reply channel lost its Redis connection: messages may have been missed."""
+
+    t: Literal["lost"]
+
+
+class TickMessage(TypedDict):
+    """Nothing happened for a while (a stream sends a keep-alive)."""
+
+    t: Literal["tick"]
+
+
+HubMessage = WorkerMessage | LostMessage
+
+
 def celery_message(payload: JobPayload) -> bytes:
     """The job as a Celery (protocol 2) message on kombu's Redis transport, ready to LPUSH.
 
@@ -237,33 +255,60 @@ return state or ''
 
 # Web: the worker running the job is dead. ARGV: dead worker id, 'retry' or 'fail', ttl.
 # 'retry' forgets the claim so a resent message can be claimed again; 'fail' ends the job.
-# Returns 1 if the web process took over.
+# Returns -1 if the web process did not take over, else the tokens the job had made (which
+# the web process then bills).
 TAKE_OVER = LuaScript(
     """
 local state = redis.call('HGET', KEYS[1], 'state')
 if (state ~= 'waiting' and state ~= 'running')
     or redis.call('HGET', KEYS[1], 'worker') ~= ARGV[1] then
-  return 0
+  return -1
 end
+local tokens = tonumber(redis.call('HGET', KEYS[1], 'tokens') or '0')
 if ARGV[2] == 'retry' then
   redis.call('DEL', KEYS[1])
 else
   redis.call('HSET', KEYS[1], 'state', 'failed')
   redis.call('EXPIRE', KEYS[1], ARGV[3])
 end
+return tokens
+"""
+)
+
+# Worker: settle a delivered job whose owner died with it claimed, and whose web process has
+# not taken it over (it is gone too, or it would have within NEBULA_WORKER_TTL). KEYS: job,
+# slots, waiting line, usage stream. ARGV: dead owner, request id, usage record, ttl.
+# Frees the slot and records the job, once: returns 1 if this call settled it, else 0.
+SETTLE_ORPHAN = LuaScript(
+    """
+local state = redis.call('HGET', KEYS[1], 'state')
+if (state ~= 'waiting' and state ~= 'running')
+    or redis.call('HGET', KEYS[1], 'worker') ~= ARGV[1] then
+  return 0
+end
+redis.call('HSET', KEYS[1], 'state', 'failed')
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+redis.call('ZREM', KEYS[2], ARGV[2])
+redis.call('ZREM', KEYS[3], ARGV[2])
+redis.call('XADD', KEYS[4], '*', 'd', ARGV[3], 'delivered', '')
 return 1
 """
 )
 
-# Worker: send a message if the job is still ours and running. Returns -1 if it is not (the
-# client cancelled or another worker took over), else the number of subscribers that got it:
-# 0 means the web process that asked is gone.
+# Worker: send a message if the job is still ours and running, and note how many tokens it has
+# made so far (whoever settles the job for a dead worker bills them). ARGV: reply channel,
+# message ('' to send nothing: a non-streaming job checking in), owner, tokens so far.
+# Returns -1 if the job is not ours (the client cancelled or another worker took over), else
+# the number of subscribers that got the message (1 when there was none to send): 0 means the
+# web process that asked is gone.
 PUBLISH = LuaScript(
     """
 if redis.call('HGET', KEYS[1], 'state') ~= 'running'
     or redis.call('HGET', KEYS[1], 'worker') ~= ARGV[3] then
   return -1
 end
+redis.call('HSET', KEYS[1], 'tokens', ARGV[4])
+if ARGV[2] == '' then return 1 end
 return redis.call('PUBLISH', ARGV[1], ARGV[2])
 """
 )

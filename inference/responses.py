@@ -114,19 +114,18 @@ async def sse_events(
             for index in range(request.n or 1)
         )
         async for message in completion.events(ticks=True):
-            kind = message["t"]
-            if kind == "delta":
+            if message["t"] == "delta":
                 parts = [chunk(index, {"content": text}) for index, text in message["d"] if text]
                 parts += [chunk(index, {}, reason) for index, reason in message["f"]]
                 if parts:
                     completion.relayed = True
                     yield b"".join(parts)
-            elif kind == "done":
+            elif message["t"] == "done":
                 if request.include_usage:
                     usage = usage_object(message["usage"])
                     yield (b"data: " + head + b'],"usage":' + orjson.dumps(usage) + b"}\n\n")
                 yield DONE_LINE
-            elif kind == "error":
+            elif message["t"] == "error":
                 yield (
                     b"data: "
                     + orjson.dumps(
@@ -142,7 +141,7 @@ async def sse_events(
                     + b"\n\n"
                     + DONE_LINE
                 )
-            elif kind == "tick":
+            elif message["t"] == "tick":
                 yield KEEPALIVE_LINE
     except NebulaError as error:
         yield error_chunk(error)

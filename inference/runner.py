@@ -7,7 +7,6 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any
 
 import orjson
 import redis
@@ -18,6 +17,7 @@ from inference.jobs import (
     FINISH,
     JOB_TTL_SECONDS,
     PUBLISH,
+    SETTLE_ORPHAN,
     DeltaMessage,
     DoneMessage,
     ErrorMessage,
@@ -29,14 +29,16 @@ from inference.slots import (
     ALREADY_CLAIMED,
     JOB_GONE,
     NO_LISTENER,
+    ORPHANED,
     SLOT_WAIT,
     slot_acquire,
     slots_key,
+    waiting_key,
 )
 from inference.workers import WorkerRuntime
 from infra.redis_client import REDIS_ERRORS, get_redis
 from keys.ratelimit import tpm_settle
-from telemetry.events import STREAM, encode, itl_histogram, usage_event
+from telemetry.events import STREAM, UsageEvent, encode, itl_histogram, usage_event
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +55,30 @@ SALVAGE_SECONDS = 30.0
 
 class JobGone(Exception):
     """The job is no longer ours to run: cancelled, abandoned, or its web process died."""
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """How a job that ran ended: its final state, what its usage record says, and the final
+    message its web process gets (None: nobody to tell)."""
+
+    state: str  # done, cancelled, failed
+    status: int
+    finish_reason: str
+    completion_tokens: int
+    message: DoneMessage | ErrorMessage | None
+    error_code: str = ""
+
+    def after_cancellation(self) -> Outcome:
+        """The client left while the job was ending: bill what ran, as a cancellation."""
+        return Outcome(
+            state="cancelled",
+            status=499,
+            finish_reason="cancelled",
+            completion_tokens=self.completion_tokens,
+            message=None,
+            error_code="client_gone",
+        )
 
 
 @dataclass
@@ -103,19 +129,27 @@ class JobRun:
         self.generation: Generation | None = None
 
     # --- messages ------------------------------------------------------------------------------
-    def publish(self, message: DeltaMessage) -> None:
+    @property
+    def tokens_made(self) -> int:
+        return self.generation.completion_tokens if self.generation else 0
+
+    def publish(self, message: DeltaMessage | None) -> None:
+        """Send `message` (None: only check in), noting the tokens made so far in the job."""
         delivered = PUBLISH(
             self.client,
             [self.key],
-            [self.job["reply_to"], orjson.dumps(message), self.owner],
+            [
+                self.job["reply_to"],
+                orjson.dumps(message) if message is not None else "",
+                self.owner,
+                self.tokens_made,
+            ],
         )
         if int(delivered) <= 0:
             raise JobGone
 
     def still_running(self) -> None:
-        state, owner = self.client.hmget(self.key, ["state", "worker"])
-        if state != b"running" or owner != self.owner.encode():
-            raise JobGone
+        self.publish(None)
 
     def sleep(self, seconds: float, *, check: bool) -> None:
         """Sleep simulated GPU time; long sleeps check now and then that the job is still wanted."""
@@ -232,7 +266,7 @@ class JobRun:
         outbox.clear()
         self.publish(message)
 
-    def salvage(self, **outcome: Any) -> None:
+    def salvage(self, outcome: Outcome) -> None:
         """End the job after Redis failed under it, once Redis answers again.
 
         Its web process, or its client, may be gone by then, and nobody else would record the
@@ -246,7 +280,7 @@ class JobRun:
             try:
                 state, owner = self.client.hmget(self.key, ["state", "worker"])
                 if owner == self.owner.encode():
-                    self.finish(**_salvage_outcome(state, outcome))
+                    self.finish(outcome.after_cancellation() if state == b"cancelled" else outcome)
                 return
             except REDIS_ERRORS:
                 if time.monotonic() > deadline:
@@ -254,50 +288,48 @@ class JobRun:
                     return
                 time.sleep(0.5)
 
-    def finish(
-        self,
-        *,
-        state: str,
-        status: int,
-        finish_reason: str,
-        completion_tokens: int,
-        message: DoneMessage | ErrorMessage | None,
-        error_code: str = "",
-    ) -> None:
+    def usage(self, outcome: Outcome, *, worker: str) -> UsageEvent:
         job = self.job
-        event = usage_event(
+        return usage_event(
             request_id=job["id"],
             key_id=job["key_id"],
             key_prefix=job["key_prefix"],
             model=job["model"]["name"],
             endpoint=job["endpoint"],
             client=job["client"],
-            worker=self.worker.id,
-            status=status,
-            finish_reason=finish_reason,
-            error_code=error_code,
+            worker=worker,
+            status=outcome.status,
+            finish_reason=outcome.finish_reason,
+            error_code=outcome.error_code,
             stream=job["stream"],
             prompt_tokens=job["prompt_tokens"],
-            completion_tokens=completion_tokens,
+            completion_tokens=outcome.completion_tokens,
             queue_ms=self.queue_ms,
             ttft_ms=self.ttft_ms,
             latency_ms=(time.time() - job["enqueued_at"]) * 1000,
             itl_hist=itl_histogram(self.itl_gaps),
             itl_sum_ms=sum(self.itl_gaps),
         )
+
+    def finish(self, outcome: Outcome) -> None:
+        job = self.job
         FINISH(
             self.client,
             [self.key, slots_key(job["model"]["name"]), STREAM],
             [
                 self.owner,
                 job["id"],
-                state,
-                encode(event),
+                outcome.state,
+                encode(self.usage(outcome, worker=self.worker.id)),
                 job["reply_to"],
-                orjson.dumps(message) if message is not None else "",
+                orjson.dumps(outcome.message) if outcome.message is not None else "",
                 JOB_TTL_SECONDS,
             ],
         )
+        self.settle_tokens(outcome.completion_tokens)
+
+    def settle_tokens(self, completion_tokens: int) -> None:
+        job = self.job
         if job["tpm_limit"]:
             tpm_settle(
                 self.client,
@@ -307,25 +339,49 @@ class JobRun:
                 used=job["prompt_tokens"] + completion_tokens,
             )
 
-
-def _salvage_outcome(state: object, outcome: dict[str, Any]) -> dict[str, Any]:
-    if state == b"cancelled":  # the client left meanwhile: bill what ran, as a cancellation
-        return {
-            "state": "cancelled",
-            "status": 499,
-            "finish_reason": "cancelled",
-            "error_code": "client_gone",
-            "completion_tokens": outcome["completion_tokens"],
-            "message": None,
-        }
-    return outcome
+    def settle_orphan(self) -> None:
+        """A redelivered job whose previous owner died with it (and whose web process did not
+        take it over: it is gone too): free its slot and record it once, with the tokens the
+        dead run had made, as lost with its worker."""
+        job = self.job
+        owner_b, tokens_b = self.client.hmget(self.key, ["worker", "tokens"])
+        if owner_b is None:
+            return
+        owner = owner_b.decode() if isinstance(owner_b, bytes) else str(owner_b)
+        tokens = int(tokens_b or 0)
+        outcome = Outcome(
+            state="failed",
+            status=503,
+            finish_reason="error",
+            completion_tokens=tokens,
+            message=None,
+            error_code="worker_lost",
+        )
+        model = job["model"]["name"]
+        settled = SETTLE_ORPHAN(
+            self.client,
+            [self.key, slots_key(model), waiting_key(model), STREAM],
+            [
+                owner,
+                job["id"],
+                encode(self.usage(outcome, worker=owner.partition("/")[0])),
+                JOB_TTL_SECONDS,
+            ],
+        )
+        if settled:
+            logger.warning("job %s was lost with its worker; recorded it", job["id"])
+            self.settle_tokens(tokens)
 
 
 def completion_execute(job: JobPayload, worker: WorkerRuntime) -> None:
-    """Run one job to its end. Safe to call twice for the same job: the second call does nothing."""
+    """Run one job to its end. Safe to call twice for the same job: the second call does nothing,
+    unless the first call's worker died with the job (then it settles the job)."""
     client = get_redis()
     run = JobRun(job, worker, client)
     got = run.wait_for_slot()
+    if got == ORPHANED:
+        run.settle_orphan()
+        return
     if got == ALREADY_CLAIMED:
         logger.info("job %s was already claimed; dropping duplicate delivery", job["id"])
         return
@@ -338,47 +394,50 @@ def completion_execute(job: JobPayload, worker: WorkerRuntime) -> None:
                 raise JobGone
             generation = run.generate()
         except JobGone:
-            tokens = run.generation.completion_tokens if run.generation else 0
             run.finish(
-                state="cancelled",
-                status=499,
-                finish_reason="cancelled",
-                error_code="client_gone",
-                completion_tokens=tokens,
-                message=None,
+                Outcome(
+                    state="cancelled",
+                    status=499,
+                    finish_reason="cancelled",
+                    error_code="client_gone",
+                    completion_tokens=run.tokens_made,
+                    message=None,
+                )
             )
             return
         except REDIS_ERRORS:
-            tokens = run.generation.completion_tokens if run.generation else 0
             run.salvage(
-                state="failed",
-                status=503,
-                finish_reason="error",
-                error_code="redis_unavailable",
-                completion_tokens=tokens,
-                message={
-                    "r": job["id"],
-                    "t": "error",
-                    "code": "redis_unavailable",
-                    "message": "The worker lost its Redis connection. Retry the request.",
-                },
+                Outcome(
+                    state="failed",
+                    status=503,
+                    finish_reason="error",
+                    error_code="redis_unavailable",
+                    completion_tokens=run.tokens_made,
+                    message={
+                        "r": job["id"],
+                        "t": "error",
+                        "code": "redis_unavailable",
+                        "message": "The worker lost its Redis connection. Retry the request.",
+                    },
+                )
             )
             raise
         except Exception:
             logger.exception("job %s failed on worker %s", job["id"], worker.id)
-            error: ErrorMessage = {
-                "r": job["id"],
-                "t": "error",
-                "code": "engine_error",
-                "message": "The model failed while generating. Retry the request.",
-            }
             run.finish(
-                state="failed",
-                status=500,
-                finish_reason="error",
-                error_code="engine_error",
-                completion_tokens=0,
-                message=error,
+                Outcome(
+                    state="failed",
+                    status=500,
+                    finish_reason="error",
+                    error_code="engine_error",
+                    completion_tokens=0,
+                    message={
+                        "r": job["id"],
+                        "t": "error",
+                        "code": "engine_error",
+                        "message": "The model failed while generating. Retry the request.",
+                    },
+                )
             )
             return
         reasons = generation.finish_reasons()
@@ -397,15 +456,15 @@ def completion_execute(job: JobPayload, worker: WorkerRuntime) -> None:
         }
         if not job["stream"]:
             done["texts"] = generation.texts()
-        outcome: dict[str, Any] = {
-            "state": "done",
-            "status": 200,
-            "finish_reason": reasons[0] or "stop",
-            "completion_tokens": generation.completion_tokens,
-            "message": done,
-        }
+        outcome = Outcome(
+            state="done",
+            status=200,
+            finish_reason=reasons[0] or "stop",
+            completion_tokens=generation.completion_tokens,
+            message=done,
+        )
         try:
-            run.finish(**outcome)
+            run.finish(outcome)
         except REDIS_ERRORS:
-            run.salvage(**outcome)
+            run.salvage(outcome)
             raise

@@ -12,6 +12,7 @@ from __future__ import annotations
 import redis
 from django.conf import settings
 
+from inference.heartbeats import WORKERS_KEY
 from infra.lua import NOW_MS, LuaScript
 from infra.redis_client import get_redis
 
@@ -41,10 +42,13 @@ JOB_GONE = -1  # the job no longer wants a slot (abandoned or cancelled while wa
 ALREADY_CLAIMED = -2  # with `claim`: another delivery of this job got there first
 NO_LISTENER = -3  # the slot is taken, but nobody received the start message: the web process
 # that asked is gone, so the job must end (it is `running`, and holds the slot until it does)
+ORPHANED = -4  # with `claim`: the job is claimed by a run whose worker is dead (a redelivery
+# after a crash): it must be settled, not dropped (`inference.jobs.SETTLE_ORPHAN`)
 
-# KEYS: slots, waiting, waiter leases, job, capacity hash
+# KEYS: slots, waiting, waiter leases, job, capacity hash, workers (heartbeats)
 # ARGV: request id, fallback capacity, lease ms, worker id, arrival ms, model name,
-#       claim ('1' on the first try), job ttl seconds, reply channel, start message ('' = none)
+#       claim ('1' on the first try), job ttl seconds, reply channel, start message ('' = none),
+#       worker ttl ms
 # Claiming the job, taking the slot and telling the web process it started are one script, so
 # a worker starts a job in one round trip to Redis instead of three (`make bench`).
 _ACQUIRE = LuaScript(
@@ -53,7 +57,16 @@ _ACQUIRE = LuaScript(
 local rid = ARGV[1]
 local lease = tonumber(ARGV[3])
 if ARGV[7] == '1' then
-  if redis.call('EXISTS', KEYS[4]) == 1 then return -2 end
+  if redis.call('EXISTS', KEYS[4]) == 1 then
+    local state = redis.call('HGET', KEYS[4], 'state')
+    local owner = redis.call('HGET', KEYS[4], 'worker') or ''
+    local process = string.match(owner, '^(.*)/') or owner
+    local seen = tonumber(redis.call('ZSCORE', KEYS[6], process) or '0')
+    if (state == 'waiting' or state == 'running') and seen < now - tonumber(ARGV[11]) then
+      return -4
+    end
+    return -2
+  end
   redis.call('HSET', KEYS[4], 'state', 'waiting', 'worker', ARGV[4])
   redis.call('EXPIRE', KEYS[4], ARGV[8])
 end
@@ -120,6 +133,7 @@ def slot_acquire(
                 waiter_leases_key(model),
                 job_key,
                 CAPACITY_KEY,
+                WORKERS_KEY,
             ],
             [
                 request_id,
@@ -132,6 +146,7 @@ def slot_acquire(
                 job_ttl,
                 reply_to,
                 start_message,
+                lease_ms(),
             ],
         )
     )

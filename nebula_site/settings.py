@@ -276,8 +276,14 @@ CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BROKER_TRANSPORT_OPTIONS = {
     # Unacknowledged jobs of a dead worker return to the queue after this long. Web processes
-    # notice a dead worker much sooner (heartbeats) and resubmit themselves; this is the backstop.
+    # notice a dead worker much sooner (heartbeats) and resubmit themselves; this is the backstop
+    # for when nobody is left to (the web process died too), and the redelivered job is then
+    # settled by whichever worker gets it (inference.runner.JobRun.settle_orphan).
     "visibility_timeout": env.int("NEBULA_VISIBILITY_TIMEOUT", 300),
+    # How often a worker looks for such jobs. kombu's default (a sweep every 10 s, but only every
+    # 10th sweep scans) would leave them for up to 100 s past the visibility timeout.
+    "unacked_restore_interval": env.int("NEBULA_UNACKED_RESTORE_INTERVAL", 10),
+    "unacked_restore_throttle": 1,
 }
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False

@@ -82,6 +82,8 @@ def test_a_killed_workers_jobs_are_retried_or_end_with_an_error(
     # Exactly one record each, with what the client saw.
     (lost,), (retried,), (resent,) = _records(streaming, whole, waiting)
     assert (lost.status, lost.error_code, lost.finish_reason) == (503, "worker_lost", "error")
+    # What the client received is billed: the prompt and every token the dead worker sent.
+    assert lost.prompt_tokens > 0 and lost.completion_tokens >= streaming.content_chunks
     assert (retried.status, retried.completion_tokens) == (200, 400)
     assert resent.status == 200
     assert victim.popen.pid not in {worker_pid(retried.worker), worker_pid(resent.worker)}
@@ -197,3 +199,51 @@ def test_a_web_process_killed_mid_stream_stops_its_job(faults, alice, make_key, 
     # The model serves the next request at once, through the surviving web process.
     after = ChatCall(faults.urls[0], secret, _chat(max_tokens=5)).go().result(timeout=10)
     assert after.status == 200
+
+
+def test_jobs_lost_with_their_worker_and_their_web_process_are_settled_when_redelivered(
+    faults, alice, make_key, ready_model
+):
+    """Nobody is left to notice: the worker died with the jobs claimed, and the web process that
+    would have resent or failed them died too. Celery redelivers the unacknowledged jobs (after
+    the visibility timeout) to a new worker, which must record each once, bill the tokens the
+    dead run made, and free what it held, rather than drop them as already claimed."""
+    ready_model("slow-one", max_concurrent_seqs=4, **SLOW)
+    _, secret = make_key(alice, rpm_limit=1000)
+    survivor, victim = faults.workers
+    survivor.kill()  # every job goes to the victim
+    doomed_web = faults.stack.webs[1]
+    calls = [
+        ChatCall(faults.urls[1], secret, _chat(stream=True, max_tokens=3000, seed=seed)).go()
+        for seed in (1, 2)
+    ]
+    whole = ChatCall(faults.urls[1], secret, _chat(max_tokens=3000, seed=3)).go()
+    wait_until(lambda: all(call.content_chunks >= 3 for call in calls), timeout=20)
+    redis = faults.redis.client()
+    request_ids = set(wait_until(lambda: len(found := jobs_in(redis)) == 3 and found, timeout=10))
+    victim.kill()
+    doomed_web.kill()
+    for call in [*calls, whole]:
+        call.join(10)
+    # A new worker restores the dead one's unacknowledged messages once they are older than
+    # its visibility timeout.
+    faults.stack.start_worker(
+        concurrency=16,
+        extra_env={"NEBULA_VISIBILITY_TIMEOUT": "2", "NEBULA_UNACKED_RESTORE_INTERVAL": "1"},
+    )
+    wait_until(
+        lambda: all(job["state"] == "failed" for job in jobs_in(redis).values()), timeout=40
+    )
+    ledger_flush()
+    records = {r.request_id: r for r in UsageRecord.objects.filter(request_id__in=request_ids)}
+    assert set(records) == request_ids
+    for record in records.values():
+        assert (record.status, record.error_code) == (503, "worker_lost")
+        assert record.prompt_tokens > 0
+    for call in calls:  # the tokens the streams received are billed
+        assert records[call.request_id].completion_tokens >= call.content_chunks
+    assert _slots_in_use(faults) == 0
+    # Each job is settled once: a later delivery of the same job finds nothing to do.
+    time.sleep(3)
+    ledger_flush()
+    assert UsageRecord.objects.filter(request_id__in=request_ids).count() == 3
