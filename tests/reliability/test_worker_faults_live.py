@@ -231,9 +231,7 @@ def test_jobs_lost_with_their_worker_and_their_web_process_are_settled_when_rede
         concurrency=16,
         extra_env={"NEBULA_VISIBILITY_TIMEOUT": "2", "NEBULA_UNACKED_RESTORE_INTERVAL": "1"},
     )
-    wait_until(
-        lambda: all(job["state"] == "failed" for job in jobs_in(redis).values()), timeout=40
-    )
+    wait_until(lambda: all(job["state"] == "failed" for job in jobs_in(redis).values()), timeout=40)
     ledger_flush()
     records = {r.request_id: r for r in UsageRecord.objects.filter(request_id__in=request_ids)}
     assert set(records) == request_ids
