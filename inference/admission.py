@@ -9,7 +9,7 @@ request is never queued without being charged, nor charged for a job that was no
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import redis.asyncio as aioredis
 
@@ -62,7 +62,8 @@ local r_remaining = math.floor((period - (r_tat - now)) / r_interval)
 local t_remaining = 0
 if tpm > 0 then t_remaining = math.floor((period - (t_tat - now)) / t_interval) end
 return {ok and 'ok' or 'limited', epoch, r_remaining, math.ceil(r_tat - now),
-        math.ceil(math.max(r_retry, t_retry)), t_remaining, math.ceil(t_tat - now), now}
+        math.ceil(math.max(r_retry, t_retry)), t_remaining, math.ceil(t_tat - now), now,
+        math.ceil(r_retry), math.ceil(t_retry)}
 """
 )
 
@@ -79,10 +80,27 @@ class Admission:
     tpm_remaining: int = 0
     tpm_reset_ms: int = 0
     now_ms: int = 0
+    # When limited: how long until each limit alone would let this request through (0: that
+    # limit was not what refused it).
+    rpm_retry_ms: int = 0
+    tpm_retry_ms: int = 0
 
     @property
     def admitted(self) -> bool:
         return self.status == "ok"
+
+    def later(self, elapsed_ms: int) -> Admission:
+        """The same refusal, `elapsed_ms` later, assuming no admission happened meanwhile (how
+        a process answers a key it knows to be limited without asking Redis again)."""
+        return replace(
+            self,
+            now_ms=self.now_ms + elapsed_ms,
+            rpm_reset_ms=max(self.rpm_reset_ms - elapsed_ms, 0),
+            tpm_reset_ms=max(self.tpm_reset_ms - elapsed_ms, 0),
+            retry_after_ms=max(self.retry_after_ms - elapsed_ms, 0),
+            rpm_retry_ms=max(self.rpm_retry_ms - elapsed_ms, 0),
+            tpm_retry_ms=max(self.tpm_retry_ms - elapsed_ms, 0),
+        )
 
     def headers(self) -> dict[str, str]:
         if self.status not in ("ok", "limited"):
@@ -138,4 +156,32 @@ async def admit(
         tpm_remaining=int(result[5]),
         tpm_reset_ms=int(result[6]),
         now_ms=int(result[7]),
+        rpm_retry_ms=int(result[8]),
+        tpm_retry_ms=int(result[9]),
     )
+
+
+# Refusals of requests that name no usable key, per client address: a GCRA of `ARGV[1]` a
+# minute. KEYS: the address's TAT. Returns {1 if still allowed, ms until the next is allowed}.
+_ADDRESS = LuaScript(
+    NOW_MS
+    + """
+local interval = 60000 / tonumber(ARGV[1])
+local tat = math.max(tonumber(redis.call('GET', KEYS[1]) or now), now)
+local new = tat + interval
+if new - now > 60000 then return {0, math.ceil(new - 60000 - now)} end
+redis.call('SET', KEYS[1], tostring(new), 'PX', math.ceil(new - now) + 1000)
+return {1, 0}
+"""
+)
+
+
+def address_key(address: str) -> str:
+    return f"nebula:rl:addr:{address}"
+
+
+async def address_charge(client: aioredis.Redis, *, address: str, per_minute: int) -> int:
+    """Count one refused request without a usable key from `address`. Returns 0 while the
+    address is within `per_minute`, else the milliseconds until it is again."""
+    allowed, retry_ms = await _ADDRESS.acall(client, [address_key(address)], [per_minute])
+    return 0 if int(allowed) else max(int(retry_ms), 1)

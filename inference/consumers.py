@@ -13,7 +13,14 @@ import orjson
 
 from dashboard.consumers import DashboardConsumer
 from inference.completion import Completion
-from inference.gateway import KeyById, RequestContext, gateway_authenticate
+from inference.gateway import (
+    Caller,
+    KeyById,
+    RequestContext,
+    gateway_authenticate,
+    gateway_precheck,
+    gateway_refusal,
+)
 from inference.schemas import parse_chat_request
 from inference.services import completion_submit
 from infra.errors import Conflict, InvalidRequest, NebulaError
@@ -82,14 +89,15 @@ class PlaygroundConsumer(DashboardConsumer):
         ctx = RequestContext(
             request_id=new_request_id(), endpoint="/v1/chat/completions", client="playground"
         )
+        caller: Caller | None = None
         try:
             caller = await gateway_authenticate(
                 ctx, credential=KeyById(key_id=key_id, user_id=self.actor.user.pk)
             )
+            await gateway_precheck(ctx, caller)
             completion = await completion_submit(ctx, caller=caller, request=request)
         except NebulaError as error:
-            await ctx.record_refusal(error)
-            raise
+            raise await gateway_refusal(ctx, caller, error) from None
         self.completion = completion
         self.relay = self.in_background(self._relay(completion))
 
@@ -135,7 +143,7 @@ class PlaygroundConsumer(DashboardConsumer):
                         }
                     )
         except NebulaError as error:
-            await ctx.record_refusal(error)
+            await ctx.record_refusal(error)  # after admission: already charged
             await self.send_error(error, request_id=ctx.request_id)
         finally:
             completion.close()

@@ -1,8 +1,9 @@
 """What every /v1 view shares: one decorator and the helpers a view parses and renders with.
 
 `v1_endpoint` checks the method, gives the request its `RequestContext`, resolves the bearer
-key (once: the gateway reuses it), and turns any `NebulaError` into its refusal record and an
-OpenAI-style error. A view under it only parses, calls one service and renders.
+key (once: the gateway reuses it), refuses a key already over its limit before the body is read,
+and turns any `NebulaError` into its refusal (charged, recorded or tallied by the gateway) and
+an OpenAI-style error. A view under it only parses, calls one service and renders.
 """
 
 from __future__ import annotations
@@ -15,7 +16,13 @@ import orjson
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse, HttpResponseBase
 
-from inference.gateway import Caller, RequestContext, gateway_authenticate
+from inference.gateway import (
+    Caller,
+    RequestContext,
+    gateway_identify,
+    gateway_precheck,
+    gateway_refusal,
+)
 from infra.errors import (
     MethodNotAllowed,
     NebulaError,
@@ -24,7 +31,6 @@ from infra.errors import (
     error_response,
 )
 from infra.middleware import request_id_of
-from keys.auth import parse_bearer
 
 P = ParamSpec("P")
 V1View = Callable[
@@ -52,13 +58,18 @@ def v1_endpoint(
                 return error_response(
                     MethodNotAllowed(request.method or "", methods), request_id=ctx.request_id
                 )
+            caller: Caller | None = None
             try:
-                credential = parse_bearer(request.headers.get("Authorization"))
-                caller = await gateway_authenticate(ctx, credential=credential)
+                caller = await gateway_identify(
+                    ctx,
+                    authorization=request.headers.get("Authorization"),
+                    address=request.META.get("REMOTE_ADDR"),
+                )
+                await gateway_precheck(ctx, caller)
                 return await view(request, ctx, caller, *args, **kwargs)
             except NebulaError as error:
-                await ctx.record_refusal(error)
-                return error_response(error, request_id=ctx.request_id)
+                refusal = await gateway_refusal(ctx, caller, error)
+                return error_response(refusal, request_id=ctx.request_id)
 
         return wrapper
 

@@ -107,6 +107,12 @@ async def key_info_for_secret(secret: str) -> tuple[KeyInfo | None, str | None]:
     return await _fetches.run(digest, fetch)
 
 
+def key_known(secret: str) -> bool:
+    """True if this process knows `secret` as some key without asking the database."""
+    cached = _keys_by_digest.get(key_digest(secret))
+    return cached is not MISS and cached is not None
+
+
 async def key_info_for_id(key_id: int) -> KeyInfo | None:
     """For callers that hold a key id rather than its secret (the dashboard playground)."""
     return await run_db(functools.partial(_load, pk=key_id))

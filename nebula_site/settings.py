@@ -57,6 +57,9 @@ REDIS_URL = env.str("REDIS_URL", "redis://127.0.0.1:6379/0")
 # --- Nebula behaviour -------------------------------------------------------------------------
 # Requests per minute for a new key when none is given.
 NEBULA_DEFAULT_RPM = env.int("NEBULA_DEFAULT_RPM", 10, validate=POSITIVE)
+# /v1 requests without a usable key, per client address and minute, before they get 429s (and
+# before an unknown key costs a database lookup).
+NEBULA_UNAUTHENTICATED_RPM = env.int("NEBULA_UNAUTHENTICATED_RPM", 60, validate=POSITIVE)
 # Multiplies every simulated GPU duration (model loading, prefill, decode). 0 = no waiting at all.
 NEBULA_SIM_TIME_SCALE = env.float("NEBULA_SIM_TIME_SCALE", 1.0, validate=NON_NEGATIVE)
 # How long a request may wait for a worker and a GPU slot before it gets 503.

@@ -31,6 +31,7 @@ from keys.services import keys_touch_last_used
 from telemetry.events import STREAM, UsageEvent, encode
 from telemetry.models import UsageRecord
 from telemetry.prometheus import metrics_observe
+from telemetry.refusals import refusal_tallies_flush
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +45,8 @@ _CLAIM_IDLE_MS = 30_000
 # per request cost a worker more CPU than running the requests did at a few hundred a second
 # (`make bench`, docs/BENCHMARKS.md); a record is at most this much later in the database.
 _LINGER_SECONDS = 0.25
+# How often a consumer moves settled minutes of refusal tallies into the database.
+_TALLY_SECONDS = 15.0
 
 
 async def usage_record(event: UsageEvent) -> None:
@@ -159,12 +162,16 @@ class LedgerConsumer:
                 raise
 
     def run(self) -> None:
+        next_tallies = 0.0
         while not self.stop.is_set():
             try:
                 self.ensure_group()
                 while not self.stop.is_set():
                     if 0 < self.drain_once(block_ms=1000) < _BATCH:
                         self.stop.wait(_LINGER_SECONDS)
+                    if time.monotonic() >= next_tallies:
+                        refusal_tallies_flush(self.client)
+                        next_tallies = time.monotonic() + _TALLY_SECONDS
             except REDIS_ERRORS:
                 logger.warning("usage ledger lost Redis; retrying in 1 s")
                 self._client = None
@@ -239,6 +246,7 @@ def ledger_flush(timeout: float = 10.0) -> None:
             if consumer.drain_once() == 0:
                 pending = consumer.client.xpending(STREAM, GROUP)
                 if not pending or not pending.get("pending"):
+                    refusal_tallies_flush(consumer.client)
                     return
                 time.sleep(0.05)
     finally:

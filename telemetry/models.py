@@ -50,6 +50,38 @@ class UsageRecord(models.Model):
         return self.prompt_tokens + self.completion_tokens
 
 
+class RefusalTally(models.Model):
+    """Refusals counted per minute instead of recorded one by one (telemetry.refusals): requests
+    without a usable key (401) and requests over their key's limits (429)."""
+
+    minute = models.DateTimeField(db_index=True)
+    api_key = models.ForeignKey(
+        "keys.ApiKey",
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="refusal_tallies",
+    )
+    key_prefix = models.CharField(max_length=16, blank=True)  # "" when no key was recognised
+    endpoint = models.CharField(max_length=64)
+    model = models.CharField(max_length=64, blank=True)  # "" when refused before it was read
+    status = models.PositiveSmallIntegerField()
+    error_code = models.CharField(max_length=64, blank=True)
+    count = models.PositiveIntegerField()
+
+    class Meta:
+        ordering = ["-minute"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["minute", "key_prefix", "endpoint", "model", "status", "error_code"],
+                name="refusal_tally_one_per_minute",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.minute:%Y-%m-%d %H:%M} {self.endpoint} {self.status} ×{self.count}"
+
+
 class AuditEvent(models.Model):
     """One operator (or team admin) action: who did what to which object, when, and the object
     before and after. Written by the services that perform the actions, never edited."""

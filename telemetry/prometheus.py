@@ -77,6 +77,11 @@ def _bucket_index(bounds: tuple[float, ...], value: float) -> int:
     return len(bounds)
 
 
+def requests_field(key_prefix: str, status: int) -> str:
+    """The hash field of the `requests` counter for one key prefix and status."""
+    return _field("requests", (("key_prefix", key_prefix), ("status", str(status))))
+
+
 def metrics_observe(events: list[UsageEvent]) -> None:
     """Fold a batch of usage records into the shared aggregates (one pipeline)."""
     if not events:
@@ -92,12 +97,7 @@ def metrics_observe(events: list[UsageEvent]) -> None:
 
     for event in events:
         model = event["model"] or "-"
-        increments[
-            _field(
-                "requests",
-                (("key_prefix", event["key_prefix"] or "-"), ("status", str(event["status"]))),
-            )
-        ] += 1
+        increments[requests_field(event["key_prefix"] or "-", event["status"])] += 1
         if event["status"] >= 400 and event["status"] != 499:
             continue
         increments[_field("prompt_tokens", (("model_name", model),))] += event["prompt_tokens"]

@@ -15,7 +15,7 @@ from keys.access import Actor, keys_visible_to
 from keys.models import ApiKey
 from models_registry.services import fleet_snapshot
 from telemetry.health import health_report
-from telemetry.models import UsageRecord
+from telemetry.models import RefusalTally, UsageRecord
 
 MAX_RANGE = timedelta(days=31)
 SERIES_WINDOW = timedelta(hours=1)
@@ -79,7 +79,10 @@ def percentiles(
     return result
 
 
-def _aggregate(records: QuerySet[UsageRecord]) -> dict[str, Any]:
+def _aggregate(
+    records: QuerySet[UsageRecord], tallies: QuerySet[RefusalTally] | None = None
+) -> dict[str, Any]:
+    """Totals of `records`, with the refusals counted in `tallies` (telemetry.refusals)."""
     totals = records.aggregate(
         requests=Count("id"),
         successes=Count("id", filter=Q(status__lt=400)),
@@ -92,14 +95,23 @@ def _aggregate(records: QuerySet[UsageRecord]) -> dict[str, Any]:
     totals["completion_tokens"] = totals["completion_tokens"] or 0
     totals["total_tokens"] = totals["prompt_tokens"] + totals["completion_tokens"]
     errors = records.filter(status__gte=400).values("status").annotate(n=Count("id"))
-    totals["errors"] = {str(row["status"]): row["n"] for row in errors.order_by("status")}
+    by_status = {row["status"]: row["n"] for row in errors}
+    if tallies is not None:
+        for row in tallies.values("status").annotate(n=Sum("count")):
+            by_status[row["status"]] = by_status.get(row["status"], 0) + row["n"]
+            totals["requests"] += row["n"]
+            if row["status"] == 429:
+                totals["rate_limited"] += row["n"]
+    totals["errors"] = {str(status): by_status[status] for status in sorted(by_status)}
     completions = records.filter(endpoint="/v1/chat/completions", status=200)
     totals["latency_ms"] = percentiles(completions, "latency_ms", (0.5, 0.95))
     totals["ttft_ms"] = percentiles(completions, "ttft_ms", (0.5, 0.95))
     return totals
 
 
-def _by_model(records: QuerySet[UsageRecord]) -> list[dict[str, Any]]:
+def _by_model(
+    records: QuerySet[UsageRecord], tallies: QuerySet[RefusalTally] | None = None
+) -> list[dict[str, Any]]:
     rows = (
         records.exclude(model="")
         .values("model")
@@ -111,17 +123,35 @@ def _by_model(records: QuerySet[UsageRecord]) -> list[dict[str, Any]]:
         )
         .order_by("model")
     )
-    return [
-        {
+    models = {
+        row["model"]: {
             **row,
             "prompt_tokens": row["prompt_tokens"] or 0,
             "completion_tokens": row["completion_tokens"] or 0,
         }
         for row in rows
-    ]
+    }
+    if tallies is not None:
+        for row in tallies.exclude(model="").values("model").annotate(n=Sum("count")):
+            entry = models.setdefault(
+                row["model"],
+                {
+                    "model": row["model"],
+                    "requests": 0,
+                    "successes": 0,
+                    "prompt_tokens": 0,
+                    "completion_tokens": 0,
+                },
+            )
+            entry["requests"] += row["n"]
+    return [models[name] for name in sorted(models)]
 
 
-def _series(records: QuerySet[UsageRecord], until: datetime) -> list[dict[str, Any]]:
+def _series(
+    records: QuerySet[UsageRecord],
+    until: datetime,
+    tallies: QuerySet[RefusalTally] | None = None,
+) -> list[dict[str, Any]]:
     """One point per minute for the hour up to `until`, zeros included (charts need them)."""
     end = until.replace(second=0, microsecond=0)
     start = end - SERIES_WINDOW + timedelta(minutes=1)
@@ -135,7 +165,16 @@ def _series(records: QuerySet[UsageRecord], until: datetime) -> list[dict[str, A
             tokens=Sum("prompt_tokens") + Sum("completion_tokens"),
         )
     )
-    by_minute: dict[datetime, Any] = {row["minute"]: row for row in rows}
+    by_minute: dict[datetime, Any] = {row["minute"]: dict(row) for row in rows}
+    if tallies is not None:
+        refused = tallies.filter(minute__gte=start, minute__lt=end + timedelta(minutes=1))
+        for tally in refused.values("minute").annotate(n=Sum("count")):
+            point = by_minute.setdefault(
+                tally["minute"],
+                {"minute": tally["minute"], "requests": 0, "errors": 0, "tokens": 0},
+            )
+            point["requests"] += tally["n"]
+            point["errors"] += tally["n"]
     series = []
     for step in range(60):
         minute = start + timedelta(minutes=step)
@@ -161,6 +200,16 @@ def records_visible_to(actor: Actor) -> QuerySet[UsageRecord]:
     return records.filter(api_key__owner_id=actor.user.pk)
 
 
+def tallies_visible_to(actor: Actor) -> QuerySet[RefusalTally]:
+    """Refusal tallies, by the same rule as records (those of no key: operators only)."""
+    tallies = RefusalTally.objects.all()
+    if actor.key is not None and not actor.key.is_admin:
+        return tallies.filter(api_key=actor.key)
+    if actor.is_operator:
+        return tallies
+    return tallies.filter(api_key__owner_id=actor.user.pk)
+
+
 def _selection(
     actor: Actor, key_id: str | None, model: str | None
 ) -> tuple[QuerySet[UsageRecord], QuerySet[ApiKey]]:
@@ -184,7 +233,14 @@ def usage_report(
     records = series_records.filter(
         created_at__gte=time_range.since, created_at__lt=time_range.until
     )
+    series_tallies = tallies_visible_to(actor)
+    if model:
+        series_tallies = series_tallies.filter(model=model)
+    if key_id is not None:
+        series_tallies = series_tallies.filter(api_key_id__in=keys.values("pk"))
+    tallies = series_tallies.filter(minute__gte=time_range.since, minute__lt=time_range.until)
     used_key_ids = set(records.exclude(api_key=None).values_list("api_key_id", flat=True))
+    used_key_ids |= set(tallies.exclude(api_key=None).values_list("api_key_id", flat=True))
     report_keys = []
     for key in keys.filter(pk__in=used_key_ids).order_by("name", "pk"):
         mine = records.filter(api_key=key)
@@ -197,16 +253,20 @@ def usage_report(
                     "owner": key.owner.get_username(),
                     "state": key.state,
                 },
-                **_aggregate(mine),
-                "models": _by_model(mine),
-                "series": _series(series_records.filter(api_key=key), time_range.until),
+                **_aggregate(mine, tallies.filter(api_key=key)),
+                "models": _by_model(mine, tallies.filter(api_key=key)),
+                "series": _series(
+                    series_records.filter(api_key=key),
+                    time_range.until,
+                    series_tallies.filter(api_key=key),
+                ),
             }
         )
     return {
         "object": "usage_report",
         "range": {"since": time_range.since.isoformat(), "until": time_range.until.isoformat()},
-        "totals": {**_aggregate(records), "models": _by_model(records)},
-        "series": _series(series_records, time_range.until),
+        "totals": {**_aggregate(records, tallies), "models": _by_model(records, tallies)},
+        "series": _series(series_records, time_range.until, series_tallies),
         "keys": report_keys,
     }
 

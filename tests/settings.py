@@ -14,6 +14,9 @@ os.environ["NEBULA_TEST_SQLITE"] = os.path.join(
 os.environ.setdefault("NEBULA_SIM_TIME_SCALE", "0")
 os.environ.setdefault("SECRET_KEY", "tests-only-secret-key-0123456789-abcdefghijklmnopqrstuvwxyz")
 os.environ.pop("NEBULA_STANDALONE", None)
+# Every test client comes from 127.0.0.1: a suite's worth of deliberate 401s must not add up to
+# the per-address limit (the tests of that limit set their own).
+os.environ.setdefault("NEBULA_UNAUTHENTICATED_RPM", "1000000")
 
 from nebula_site.settings import *  # noqa: E402, F403
 from nebula_site.settings import DATABASES  # noqa: E402

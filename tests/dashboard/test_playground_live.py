@@ -9,7 +9,7 @@ from django.test import override_settings
 
 from inference.consumers import PlaygroundConsumer
 from telemetry.ledger import ledger_flush
-from telemetry.models import UsageRecord
+from telemetry.models import RefusalTally, UsageRecord
 
 IN_MEMORY = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
 SLOW = {"params_billions": 20, "gpu_type": "L4", "gpus_per_replica": 2}  # ~10 ms a token here
@@ -130,7 +130,9 @@ def test_the_playground_shares_the_keys_rate_limit(live, alice, make_key, ready_
     error = run(scenario())
     assert error["type"] == "error"
     assert error["code"] == "rate_limit_exceeded"
-    assert "1 requests per minute" in error["message"]
+    assert "requests per min (RPM): Limit 1, Used 1" in error["message"]
     ledger_flush()
     statuses = sorted(UsageRecord.objects.filter(api_key=key).values_list("status", flat=True))
-    assert statuses == [200, 429]
+    assert statuses == [200]
+    # Refusals over the limit are counted, not recorded one by one (telemetry.refusals).
+    assert [(t.status, t.count) for t in RefusalTally.objects.filter(api_key=key)] == [(429, 1)]

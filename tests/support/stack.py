@@ -74,7 +74,7 @@ class Stack:
     def urls(self) -> list[str]:
         return [f"http://127.0.0.1:{port}" for port in self.ports]
 
-    def start_web(self, port: int | None = None) -> Proc:
+    def start_web(self, port: int | None = None, extra_env: dict[str, str] | None = None) -> Proc:
         port = port or free_port()
         proc = _spawn(
             f"web-{port}",
@@ -88,7 +88,7 @@ class Stack:
                 str(port),
                 "nebula_site.asgi:application",
             ],
-            self.env,
+            {**self.env, **(extra_env or {})},
         )
         self.webs.append(proc)
         self.ports.append(port)

@@ -7,11 +7,12 @@ import time
 import httpx
 import openai
 import orjson
+import pytest
 
 from inference.jobs import celery_message
 from infra.redis_client import get_redis
 from telemetry.ledger import ledger_flush
-from telemetry.models import UsageRecord
+from telemetry.models import RefusalTally, UsageRecord
 from tests.support.jobs import ReplyListener, make_job
 
 HELLO = [{"role": "user", "content": "Hello GPU"}]
@@ -98,20 +99,28 @@ def test_a_job_delivered_twice_runs_once_and_leaves_one_record(live, alice, make
     assert UsageRecord.objects.filter(request_id=job["id"]).count() == 1
 
 
-def test_refused_requests_are_recorded_too(live, alice, make_key, ready_model):
+def test_refused_requests_are_recorded_or_counted(live, alice, make_key, ready_model):
+    """A bad request counts against the key's limit and is recorded; past the limit, good and
+    bad requests alike get 429s, which are counted per minute rather than recorded one by one."""
     ready_model()
-    key, secret = make_key(alice, rpm_limit=1)
+    key, secret = make_key(alice, rpm_limit=2)
     client = openai.OpenAI(base_url=live.url + "/v1", api_key=secret, max_retries=0)
     client.chat.completions.create(model="nebula-7b", messages=HELLO, max_tokens=1)
+    statuses = []
     for call in (
+        lambda: client.chat.completions.create(model="nebula-7b", messages=[]),
         lambda: client.chat.completions.create(model="nebula-7b", messages=HELLO),
         lambda: client.chat.completions.create(model="nebula-7b", messages=[]),
     ):
-        with contextlib.suppress(openai.APIStatusError):
+        with pytest.raises(openai.APIStatusError) as refused:
             call()
+        statuses.append(refused.value.status_code)
+    assert statuses == [400, 429, 429]
     ledger_flush()
-    statuses = sorted(UsageRecord.objects.filter(api_key=key).values_list("status", flat=True))
-    assert statuses == [200, 400, 429]
+    recorded = sorted(UsageRecord.objects.filter(api_key=key).values_list("status", flat=True))
+    assert recorded == [200, 400]
+    tallied = RefusalTally.objects.filter(api_key=key)
+    assert {t.status for t in tallied} == {429} and sum(t.count for t in tallied) == 2
 
 
 def test_metrics_report_what_real_requests_did(live, alice, bob, make_key, ready_model):
@@ -193,7 +202,15 @@ def test_a_token_limit_is_enforced_with_its_headers(live, alice, make_key, ready
     assert third.status_code == 429
     assert third.headers["x-ratelimit-remaining-tokens"] != "250"
     assert int(third.headers["Retry-After"]) >= 1
+    # OpenAI's way: which limit refused it, and its figures.
+    error = third.json()["error"]
+    assert (error["type"], error["code"]) == ("tokens", "rate_limit_exceeded")
+    assert error["message"].startswith(
+        "Rate limit reached for this API key on tokens per min (TPM): Limit 250, Used "
+    )
 
     too_big = httpx.post(url, json={**body, "max_tokens": 1000}, headers=headers, timeout=30)
     assert too_big.status_code == 429
-    assert too_big.json()["error"]["code"] == "tokens_exceeded"
+    error = too_big.json()["error"]
+    assert (error["type"], error["code"]) == ("tokens", "rate_limit_exceeded")
+    assert "Request too large on tokens per min (TPM): Limit 250, Requested" in error["message"]
