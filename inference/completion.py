@@ -17,7 +17,7 @@ from typing import Any, NoReturn
 
 from django.conf import settings
 
-from inference.gateway import Admitted, RequestContext
+from inference.gateway import Admitted, Caller, RequestContext, gateway_authenticate
 from inference.heartbeats import WORKERS_KEY
 from inference.hub import ReplyHub
 from inference.jobs import (
@@ -38,7 +38,8 @@ from inference.jobs import (
     job_key,
 )
 from inference.slots import slots_key
-from infra.errors import NebulaError, ServiceUnavailable
+from infra.epoch import epoch_refresh
+from infra.errors import AuthenticationFailed, NebulaError, ServiceUnavailable
 from infra.redis_client import REDIS_ERRORS, get_async_redis
 
 logger = logging.getLogger(__name__)
@@ -49,6 +50,9 @@ WATCHDOG_SECONDS = 1.0
 MAX_ATTEMPTS = 3
 # While a stream is quiet this long, an SSE comment keeps proxies from closing it.
 KEEPALIVE_SECONDS = 15.0
+# How often a request under way checks that its key is still usable (revoked, expired or its
+# owner deactivated: the request stops within about this long, with an error).
+KEY_CHECK_SECONDS = 0.5
 _background: set[asyncio.Task[Any]] = set()
 
 
@@ -80,8 +84,10 @@ class Completion:
         queue: asyncio.Queue[HubMessage],
         payload: JobPayload,
         admitted: Admitted,
+        caller: Caller,
     ) -> None:
         self.ctx = ctx
+        self.caller = caller
         self.hub = hub
         self.queue = queue
         self.payload = payload
@@ -97,10 +103,13 @@ class Completion:
         self._last_activity = time.monotonic()
         self._redis_lost_at: float | None = None
         self._ended_unheard = False
+        self._next_key_check = time.monotonic() + KEY_CHECK_SECONDS
 
     # --- reading replies ------------------------------------------------------------------
     async def _next(self, *, ticks: bool = False) -> WorkerMessage | TickMessage:
         while True:
+            if time.monotonic() >= self._next_key_check:
+                await self._check_key()
             try:
                 async with asyncio.timeout(WATCHDOG_SECONDS):
                     message = await self.queue.get()
@@ -209,6 +218,28 @@ class Completion:
                 await self._fail("The job ended but its result was lost.", code="stream_broken")
             self._ended_unheard = True
 
+    async def _check_key(self) -> None:
+        """Stop the job if its key was revoked or expired since it was admitted."""
+        self._next_key_check = time.monotonic() + KEY_CHECK_SECONDS
+        try:
+            epoch = await epoch_refresh(max_age=KEY_CHECK_SECONDS)
+            if epoch != self.caller.epoch:
+                # Something changed: look at the key again (from the database, once per process).
+                self.caller = await gateway_authenticate(
+                    self.ctx, credential=self.caller.credential
+                )
+            else:
+                self.caller.key.check_usable()  # it may have expired meanwhile
+        except AuthenticationFailed as refusal:
+            code = "key_expired" if "expired" in refusal.message else "key_revoked"
+            await self._fail(
+                f"{refusal.message} The request was stopped.", code=code, status=401
+            )
+        except REDIS_ERRORS:
+            pass  # cannot tell now; the watchdog handles a lasting Redis outage
+        except NebulaError:
+            pass  # Redis or the database is away (503): tell next time
+
     async def _worker_lost(self, worker: str) -> None:
         client = get_async_redis()
         key = job_key(self.ctx.request_id)
@@ -250,19 +281,23 @@ class Completion:
             "Lost the connection that carries this request's tokens.", code="stream_broken"
         )
 
-    async def _fail(self, message: str, *, code: str) -> NoReturn:
-        """End the job from this side; record it unless a worker will (it was running)."""
+    async def _fail(self, message: str, *, code: str, status: int = 503) -> NoReturn:
+        """End the job from this side; record it unless a worker will (it was running: the
+        reason goes with the cancellation, for its record)."""
         self.finished = True
         previous = ""
         with contextlib.suppress(*REDIS_ERRORS):
             raw = await CANCEL.acall(
-                get_async_redis(), [job_key(self.ctx.request_id)], [JOB_TTL_SECONDS]
+                get_async_redis(), [job_key(self.ctx.request_id)], [JOB_TTL_SECONDS, code]
             )
             previous = raw.decode() if isinstance(raw, bytes) else str(raw)
         recorded = previous not in ("", "waiting")
         if not recorded:
-            await self.ctx.record(status=503, error_code=code, finish_reason="error")
-        raise WorkerFailed(message, code=code, recorded=True)
+            await self.ctx.record(status=status, error_code=code, finish_reason="error")
+        failure = WorkerFailed(message, code=code, recorded=True)
+        if status != WorkerFailed.status:
+            failure.status, failure.type = status, "invalid_request_error"
+        raise failure
 
     async def cancel(self) -> None:
         """The client went away: stop the job, and record it if it never started running."""

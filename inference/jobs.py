@@ -23,6 +23,7 @@ from typing import Any, Literal, NotRequired, TypedDict
 
 import orjson
 
+from inference.slots import SLOT_MEMBERS_LUA
 from infra.lua import NOW_MS, LuaScript
 from infra.redis_client import get_redis
 from infra.tasks import local_executor
@@ -239,7 +240,8 @@ return 1
 """
 )
 
-# Web: the client went away. Returns the state the job was in ('' if never claimed); the job's
+# Web: stop the job (the client went away, or its key was revoked: ARGV[2], optional, says why
+# for the worker's record). Returns the state the job was in ('' if never claimed); the job's
 # record belongs to the web process unless it was already running on a worker.
 CANCEL = LuaScript(
     """
@@ -247,6 +249,7 @@ local state = redis.call('HGET', KEYS[1], 'state')
 if state == 'done' or state == 'cancelled' or state == 'abandoned' or state == 'failed' then
   return state
 end
+if ARGV[2] and ARGV[2] ~= '' then redis.call('HSET', KEYS[1], 'reason', ARGV[2]) end
 redis.call('HSET', KEYS[1], 'state', 'cancelled')
 redis.call('EXPIRE', KEYS[1], ARGV[1])
 return state or ''
@@ -277,10 +280,11 @@ return tokens
 
 # Worker: settle a delivered job whose owner died with it claimed, and whose web process has
 # not taken it over (it is gone too, or it would have within NEBULA_WORKER_TTL). KEYS: job,
-# slots, waiting line, usage stream. ARGV: dead owner, request id, usage record, ttl.
-# Frees the slot and records the job, once: returns 1 if this call settled it, else 0.
+# slots, waiting line, usage stream. ARGV: dead owner, request id, usage record, ttl, sequences.
+# Frees the slots and records the job, once: returns 1 if this call settled it, else 0.
 SETTLE_ORPHAN = LuaScript(
-    """
+    SLOT_MEMBERS_LUA
+    + """
 local state = redis.call('HGET', KEYS[1], 'state')
 if (state ~= 'waiting' and state ~= 'running')
     or redis.call('HGET', KEYS[1], 'worker') ~= ARGV[1] then
@@ -288,7 +292,7 @@ if (state ~= 'waiting' and state ~= 'running')
 end
 redis.call('HSET', KEYS[1], 'state', 'failed')
 redis.call('EXPIRE', KEYS[1], ARGV[4])
-redis.call('ZREM', KEYS[2], ARGV[2])
+redis.call('ZREM', KEYS[2], unpack(slot_members(ARGV[2], tonumber(ARGV[5]))))
 redis.call('ZREM', KEYS[3], ARGV[2])
 redis.call('XADD', KEYS[4], '*', 'd', ARGV[3], 'delivered', '')
 return 1
@@ -314,15 +318,16 @@ return redis.call('PUBLISH', ARGV[1], ARGV[2])
 )
 
 # Worker: end a job that ran. KEYS: job, slots, usage stream. ARGV: owner, request id, final
-# state, usage record, reply channel, final message ('' for none), ttl.
+# state, usage record, reply channel, final message ('' for none), ttl, sequences.
 # Frees the slot, sends the final message and records usage, atomically; the record notes
 # whether anyone received the final message. Returns -1 if the job was no longer ours (then
 # someone else records it, and the slot under this request id, if any, is the new attempt's:
 # it is left alone), else the PUBLISH count (0 if there was no message or no listener).
 FINISH = LuaScript(
-    """
+    SLOT_MEMBERS_LUA
+    + """
 if redis.call('HGET', KEYS[1], 'worker') ~= ARGV[1] then return -1 end
-redis.call('ZREM', KEYS[2], ARGV[2])
+redis.call('ZREM', KEYS[2], unpack(slot_members(ARGV[2], tonumber(ARGV[8]))))
 local state = redis.call('HGET', KEYS[1], 'state')
 if state ~= 'running' and state ~= 'cancelled' and state ~= 'waiting' then return -1 end
 redis.call('HSET', KEYS[1], 'state', ARGV[3])

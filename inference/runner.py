@@ -189,6 +189,7 @@ class JobRun:
                 job_ttl=JOB_TTL_SECONDS,
                 reply_to=job["reply_to"],
                 start_message=orjson.dumps(start) if job["stream"] else b"",
+                sequences=job["n"],
             )
             if got != SLOT_WAIT:
                 return got
@@ -324,9 +325,25 @@ class JobRun:
                 job["reply_to"],
                 orjson.dumps(outcome.message) if outcome.message is not None else "",
                 JOB_TTL_SECONDS,
+                job["n"],
             ],
         )
         self.settle_tokens(outcome.completion_tokens)
+
+    def stopped_outcome(self) -> Outcome:
+        """How a job its web process stopped ends: the client went away (499), unless the web
+        process said why (its key was revoked: 401), billing the tokens made either way."""
+        reason = self.client.hget(self.key, "reason")
+        code = reason.decode() if isinstance(reason, bytes) else ""
+        revoked = code in ("key_revoked", "key_expired")
+        return Outcome(
+            state="cancelled",
+            status=401 if revoked else 499,
+            finish_reason="cancelled",
+            error_code=code if revoked else "client_gone",
+            completion_tokens=self.tokens_made,
+            message=None,
+        )
 
     def settle_tokens(self, completion_tokens: int) -> None:
         job = self.job
@@ -366,6 +383,7 @@ class JobRun:
                 job["id"],
                 encode(self.usage(outcome, worker=owner.partition("/")[0])),
                 JOB_TTL_SECONDS,
+                job["n"],
             ],
         )
         if settled:
@@ -388,22 +406,13 @@ def completion_execute(job: JobPayload, worker: WorkerRuntime) -> None:
     if got == JOB_GONE:
         return  # abandoned or cancelled while waiting: the web process records it
     model = job["model"]["name"]
-    with worker.holding_slot(model, job["id"], run.owner):
+    with worker.holding_slot(model, job["id"], run.owner, sequences=job["n"]):
         try:
             if got == NO_LISTENER:
                 raise JobGone
             generation = run.generate()
         except JobGone:
-            run.finish(
-                Outcome(
-                    state="cancelled",
-                    status=499,
-                    finish_reason="cancelled",
-                    error_code="client_gone",
-                    completion_tokens=run.tokens_made,
-                    message=None,
-                )
-            )
+            run.finish(run.stopped_outcome())
             return
         except REDIS_ERRORS:
             run.salvage(

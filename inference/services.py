@@ -75,6 +75,14 @@ async def completion_submit(
     payload_holder: list[JobPayload] = []
 
     def build_job(key: KeyInfo, model: ModelInfo) -> tuple[bytes, int]:
+        if n > model.max_concurrent_seqs:
+            # Each choice is a sequence, and a request's sequences run on one replica.
+            raise InvalidRequest(
+                f"n={n} needs {n} concurrent sequences, but '{model.name}' runs at most "
+                f"{model.max_concurrent_seqs} per replica.",
+                param="n",
+                code="invalid_value",
+            )
         limit = request.token_limit
         if (
             prompt_tokens + (limit or 0) > model.context_length
@@ -136,7 +144,7 @@ async def completion_submit(
     except BaseException:
         hub.close(ctx.request_id)
         raise
-    return Completion(ctx, hub, queue, payload_holder[0], admitted)
+    return Completion(ctx, hub, queue, payload_holder[0], admitted, caller)
 
 
 async def models_visible(

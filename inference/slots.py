@@ -3,8 +3,10 @@ across every worker on every machine in Redis.
 
 A running sequence holds a lease in `nebula:slots:{model}` (a sorted set scored by lease expiry),
 renewed by its worker's heartbeat, so a worker that dies frees its slots within NEBULA_WORKER_TTL.
-Jobs that find no free slot wait in line (`nebula:waiting:{model}`, scored by arrival) and are
-admitted first come, first served; a waiter that stops polling drops out of line.
+A job generating `n` choices runs `n` sequences and holds `n` slots: its request id, then
+`{request id}#2` … `#n` (`slot_members`). Jobs that find too few free slots wait in line
+(`nebula:waiting:{model}`, scored by arrival) and are admitted first come, first served, none
+overtaking a larger job ahead of it; a waiter that stops polling drops out of line.
 """
 
 from __future__ import annotations
@@ -31,6 +33,25 @@ def waiter_leases_key(model: str) -> str:
     return f"nebula:waiting-leases:{model}"
 
 
+def waiter_sizes_key(model: str) -> str:
+    return f"nebula:waiting-sizes:{model}"
+
+
+def slot_members(request_id: str, sequences: int) -> list[str]:
+    """The slot members of a job running `sequences` sequences (the first is its request id)."""
+    return [request_id, *(f"{request_id}#{k}" for k in range(2, sequences + 1))]
+
+
+# The same, in Lua, for the scripts that take, free or renew a job's slots.
+SLOT_MEMBERS_LUA = """
+local function slot_members(rid, n)
+  local members = {rid}
+  for k = 2, n do members[#members + 1] = rid .. '#' .. k end
+  return members
+end
+"""
+
+
 def lease_ms() -> int:
     return int(settings.NEBULA_WORKER_TTL * 1000)
 
@@ -45,17 +66,19 @@ NO_LISTENER = -3  # the slot is taken, but nobody received the start message: th
 ORPHANED = -4  # with `claim`: the job is claimed by a run whose worker is dead (a redelivery
 # after a crash): it must be settled, not dropped (`inference.jobs.SETTLE_ORPHAN`)
 
-# KEYS: slots, waiting, waiter leases, job, capacity hash, workers (heartbeats)
+# KEYS: slots, waiting, waiter leases, job, capacity hash, workers (heartbeats), waiter sizes
 # ARGV: request id, fallback capacity, lease ms, worker id, arrival ms, model name,
 #       claim ('1' on the first try), job ttl seconds, reply channel, start message ('' = none),
-#       worker ttl ms
+#       worker ttl ms, sequences
 # Claiming the job, taking the slot and telling the web process it started are one script, so
 # a worker starts a job in one round trip to Redis instead of three (`make bench`).
 _ACQUIRE = LuaScript(
     NOW_MS
+    + SLOT_MEMBERS_LUA
     + """
 local rid = ARGV[1]
 local lease = tonumber(ARGV[3])
+local size = tonumber(ARGV[12])
 if ARGV[7] == '1' then
   if redis.call('EXISTS', KEYS[4]) == 1 then
     local state = redis.call('HGET', KEYS[4], 'state')
@@ -70,31 +93,46 @@ if ARGV[7] == '1' then
   redis.call('HSET', KEYS[4], 'state', 'waiting', 'worker', ARGV[4])
   redis.call('EXPIRE', KEYS[4], ARGV[8])
 end
+local function leave_line(member)
+  redis.call('ZREM', KEYS[2], member)
+  redis.call('HDEL', KEYS[3], member)
+  redis.call('HDEL', KEYS[7], member)
+end
 if redis.call('HGET', KEYS[4], 'state') ~= 'waiting'
     or redis.call('HGET', KEYS[4], 'worker') ~= ARGV[4] then
-  redis.call('ZREM', KEYS[2], rid)
-  redis.call('HDEL', KEYS[3], rid)
+  leave_line(rid)
   return -1
 end
 local capacity = tonumber(redis.call('HGET', KEYS[5], ARGV[6]) or ARGV[2])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 redis.call('ZADD', KEYS[2], 'NX', ARGV[5], rid)
 redis.call('HSET', KEYS[3], rid, now + lease)
+redis.call('HSET', KEYS[7], rid, size)
 local free = capacity - redis.call('ZCARD', KEYS[1])
 if free <= 0 then return 0 end
 for _ = 1, 100 do
+  -- Walk the line from its head: each waiter needs its size in free slots, and nobody
+  -- overtakes a waiter ahead of it. At most `free` waiters can fit.
   local head = redis.call('ZRANGE', KEYS[2], 0, free - 1)
   local clean = true
+  local needed = 0
   for _, member in ipairs(head) do
     local until_ms = tonumber(redis.call('HGET', KEYS[3], member) or '0')
     if until_ms < now then
-      redis.call('ZREM', KEYS[2], member)
-      redis.call('HDEL', KEYS[3], member)
+      leave_line(member)
       clean = false
-    elseif member == rid then
-      redis.call('ZREM', KEYS[2], rid)
-      redis.call('HDEL', KEYS[3], rid)
-      redis.call('ZADD', KEYS[1], now + lease, rid)
+      break
+    end
+    needed = needed + tonumber(redis.call('HGET', KEYS[7], member) or '1')
+    if needed > free then return 0 end
+    if member == rid then
+      leave_line(rid)
+      local entries = {}
+      for _, slot in ipairs(slot_members(rid, size)) do
+        entries[#entries + 1] = now + lease
+        entries[#entries + 1] = slot
+      end
+      redis.call('ZADD', KEYS[1], unpack(entries))
       redis.call('HSET', KEYS[4], 'state', 'running')
       if ARGV[10] ~= '' and redis.call('PUBLISH', ARGV[9], ARGV[10]) == 0 then return -3 end
       return 1
@@ -120,6 +158,7 @@ def slot_acquire(
     job_ttl: int = 0,
     reply_to: str = "",
     start_message: bytes = b"",
+    sequences: int = 1,
 ) -> int:
     """Try to take a GPU slot for a job (see the return values above). With `claim`, first
     claim the job for this worker; with `start_message`, publish it to `reply_to` once the
@@ -134,6 +173,7 @@ def slot_acquire(
                 job_key,
                 CAPACITY_KEY,
                 WORKERS_KEY,
+                waiter_sizes_key(model),
             ],
             [
                 request_id,
@@ -147,29 +187,29 @@ def slot_acquire(
                 reply_to,
                 start_message,
                 lease_ms(),
+                sequences,
             ],
         )
     )
 
 
-def slot_release(client: redis.Redis, *, model: str, request_id: str) -> None:
-    client.zrem(slots_key(model), request_id)
-
-
-# KEYS: the slots of each held job. ARGV: lease ms, then each job's request id.
+# KEYS: the slots of each held job. ARGV: lease ms, then each job's request id and sequences.
 _RENEW = LuaScript(
     NOW_MS
+    + SLOT_MEMBERS_LUA
     + """
 for i, key in ipairs(KEYS) do
-  redis.call('ZADD', key, 'XX', now + tonumber(ARGV[1]), ARGV[i + 1])
+  for _, slot in ipairs(slot_members(ARGV[2 * i], tonumber(ARGV[2 * i + 1]))) do
+    redis.call('ZADD', key, 'XX', now + tonumber(ARGV[1]), slot)
+  end
 end
 return #KEYS
 """
 )
 
 
-def slots_renew(client: redis.Redis, held: list[tuple[str, str]]) -> None:
-    """Extend the leases of (model, request id) slots a live worker still holds.
+def slots_renew(client: redis.Redis, held: list[tuple[str, str, int]]) -> None:
+    """Extend the leases of the slots of (model, request id, sequences) a live worker holds.
 
     On Redis' clock, like every other lease: a worker whose clock runs behind must not let its
     leases look expired (web processes take an expired lease for a dead job).
@@ -178,8 +218,8 @@ def slots_renew(client: redis.Redis, held: list[tuple[str, str]]) -> None:
         return
     _RENEW(
         client,
-        [slots_key(model) for model, _ in held],
-        [lease_ms(), *(request_id for _, request_id in held)],
+        [slots_key(model) for model, _, _ in held],
+        [lease_ms(), *(part for _, request_id, n in held for part in (request_id, n))],
     )
 
 

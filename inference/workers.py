@@ -35,20 +35,22 @@ class WorkerRuntime:
         self.concurrency = concurrency
         self.started_at = time.time()
         self._lock = threading.Lock()
-        # run (JobRun.owner) → (model, request id). By run, not by request: a request given up
-        # for dead and resent may run here again while its first run has yet to stand down, and
-        # the first run ending must not drop the second one's lease renewal.
-        self._running: dict[str, tuple[str, str]] = {}
+        # run (JobRun.owner) → (model, request id, sequences). By run, not by request: a
+        # request given up for dead and resent may run here again while its first run has yet
+        # to stand down, and the first run ending must not drop the second one's lease renewal.
+        self._running: dict[str, tuple[str, str, int]] = {}
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._ledger: Any = None
 
     # --- jobs -------------------------------------------------------------------------------
     @contextlib.contextmanager
-    def holding_slot(self, model: str, request_id: str, run: str) -> Iterator[None]:
-        """Register a held slot, so the heartbeat keeps its lease alive while the job runs."""
+    def holding_slot(
+        self, model: str, request_id: str, run: str, *, sequences: int = 1
+    ) -> Iterator[None]:
+        """Register held slots, so the heartbeat keeps their leases alive while the job runs."""
         with self._lock:
-            self._running[run] = (model, request_id)
+            self._running[run] = (model, request_id, sequences)
         try:
             yield
         finally:

@@ -10,20 +10,25 @@ next request in every process, at no extra cost per request.
 
 If Redis restarts, the epoch key is gone and the script mints a fresh one, which also invalidates
 everything. If a change cannot reach Redis at all, NEBULA_CACHE_TTL bounds how long it goes unseen.
+
+Requests already under way (a stream can last minutes) ask `epoch_refresh` now and then, which
+reads the epoch at most once per interval for the whole process however many streams ask.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
+import weakref
 from collections.abc import Hashable
 from typing import Generic, TypeVar
 
 from django.conf import settings
 from django.db import transaction
 
-from infra.redis_client import REDIS_ERRORS, get_redis
+from infra.redis_client import REDIS_ERRORS, get_async_redis, get_redis
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +77,34 @@ def observe_epoch(epoch: str) -> bool:
         cache.clear()
     _current_epoch = epoch
     return True
+
+
+class _Refresh:
+    def __init__(self) -> None:
+        self.at = -1e9
+        self.pending: asyncio.Task[None] | None = None
+
+
+_refreshes: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Refresh] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+async def _read_epoch() -> None:
+    raw = await get_async_redis().get(EPOCH_KEY)
+    observe_epoch(raw.decode() if isinstance(raw, bytes) else str(raw or ""))
+
+
+async def epoch_refresh(*, max_age: float) -> str | None:
+    """The current epoch, read from Redis if this process last did more than `max_age` seconds
+    ago (callers at the same time share one read). Raises Redis' errors."""
+    state = _refreshes.setdefault(asyncio.get_running_loop(), _Refresh())
+    if time.monotonic() - state.at >= max_age:
+        if state.pending is None or state.pending.done():
+            state.pending = asyncio.get_running_loop().create_task(_read_epoch())
+            state.at = time.monotonic()
+        await asyncio.shield(state.pending)
+    return _current_epoch
 
 
 class EpochCache(Generic[K, V]):

@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
+from django.core.exceptions import DisallowedHost
 from django.core.handlers.asgi import ASGIHandler, ASGIRequest
 from django.core.handlers.exception import convert_exception_to_response
 from django.http import HttpRequest, HttpResponseBase
@@ -15,6 +16,7 @@ from django.http import HttpRequest, HttpResponseBase
 from infra.errors import (
     DATABASE_ERRORS,
     InternalError,
+    InvalidRequest,
     NebulaError,
     database_unavailable,
     error_response,
@@ -89,6 +91,16 @@ class ApiErrorMiddleware:
         markcoroutinefunction(self)
 
     async def __call__(self, request: HttpRequest) -> HttpResponseBase:
+        try:
+            # Django checks the Host against ALLOWED_HOSTS when something asks for it; nothing
+            # on the /v1 path would, so a request for any host would be served.
+            request.get_host()
+        except DisallowedHost:
+            return error_response(
+                InvalidRequest(
+                    "Bad request: this server does not answer for that Host.", code="bad_request"
+                )
+            )
         try:
             return await self.get_response(request)
         except NebulaError as error:

@@ -20,6 +20,7 @@ class ModelInfo:
     bandwidth_tb_s: float
     bf16_tflops: float
     capacity: int
+    max_concurrent_seqs: int  # per replica: no request may need more sequences than that
     context_length: int
     created: int  # Unix time
     owned_by: str
@@ -40,6 +41,7 @@ class ModelInfo:
             bandwidth_tb_s=gpu.bandwidth_tb_s,
             bf16_tflops=gpu.bf16_tflops,
             capacity=model.capacity,
+            max_concurrent_seqs=model.max_concurrent_seqs,
             context_length=model.context_length,
             created=int(model.created_at.timestamp()),
             owned_by="nebula",

@@ -228,3 +228,43 @@ def test_a_resent_job_keeps_its_lease_when_its_first_run_stands_down_on_the_same
     finally:
         second.__exit__(None, None, None)
     assert worker.busy == 0
+
+
+def test_a_job_with_n_choices_holds_n_slots_and_waits_for_as_many(
+    settings, worker, listener, redis_client
+):
+    settings.NEBULA_SIM_TIME_SCALE = 0.5  # ~48 ms per token on 20B / 2×L4
+    model = f"capacity-four-{uuid.uuid4().hex[:6]}"
+    options = dict(
+        reply_to=listener.channel,
+        model=model,
+        params_billions=20,
+        gpu="L4",
+        gpus=2,
+        capacity=4,
+        max_tokens=12,
+        ignore_eos=True,
+    )
+    now = time.time()  # the line is in order of arrival (ms): make it unambiguous
+    three, two, one = (
+        make_job(n=3, enqueued_at=now, **options),
+        make_job(n=2, enqueued_at=now + 0.01, **options),
+        make_job(enqueued_at=now + 0.02, **options),
+    )
+    threads = _run_concurrently([three, two, one], worker)
+    # Three sequences run; the two-choice job waits for two free slots, and the one-choice job
+    # behind it does not overtake it, though one slot is free.
+    wait_until(
+        lambda: (
+            redis_client.zcard(slots_key(model)) == 3
+            and redis_client.zrange(waiting_key(model), 0, -1)
+            == [two["id"].encode(), one["id"].encode()]
+        ),
+        timeout=5,
+        interval=0.01,
+    )
+    for thread in threads:
+        thread.join()
+    assert listener.at(two["id"], "start") >= listener.at(three["id"], "done") - 0.01
+    assert redis_client.zcard(slots_key(model)) == 0
+    assert [len(listener.of(job["id"], "done")) for job in (three, two, one)] == [1, 1, 1]

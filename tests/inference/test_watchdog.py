@@ -24,7 +24,7 @@ def test_a_resent_job_gets_the_whole_queue_timeout_again(settings, redis_client,
     redis_client.hset(job_key(job["id"]), mapping={"state": "running", "worker": "w1/run1"})
     ctx = SimpleNamespace(request_id=job["id"])
     admitted = SimpleNamespace(admission=SimpleNamespace(headers=dict))
-    completion = Completion(ctx, None, asyncio.Queue(), job, admitted)
+    completion = Completion(ctx, None, asyncio.Queue(), job, admitted, caller=None)
 
     asyncio.run(completion._worker_lost("w1/run1"))
 

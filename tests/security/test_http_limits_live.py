@@ -131,6 +131,14 @@ def test_malformed_http_gets_400_json(web, request_bytes):
     _json_error(_raw(url, request_bytes), 400, "bad_request")
 
 
+@pytest.mark.parametrize("path", ["/v1/models", "/v1/chat/completions", "/apikeys"])
+def test_a_host_the_server_does_not_answer_for_is_a_400_on_every_path(web, path):
+    _, url = web
+    refused = httpx.post(url + path, json={}, headers={"Host": "evil.example"})
+    assert refused.status_code == 400
+    assert refused.json()["error"]["code"] == "bad_request"
+
+
 def test_the_server_keeps_serving_after_all_that(web):
     _, url = web
     assert httpx.get(url + "/health").status_code in (200, 503)

@@ -136,3 +136,13 @@ def test_a_key_refused_for_its_limit_and_then_revoked_is_told_it_is_revoked(
     refused = _post(client, body, secret=secret, address=address)
     assert refused.status_code == 401
     assert refused.json()["error"]["message"] == "This API key has been revoked."
+
+
+def test_more_choices_than_a_replica_runs_at_once_is_a_400(client, alice, make_key, ready_model):
+    ready_model(max_concurrent_seqs=8)
+    _, secret = make_key(alice, rpm_limit=100)
+    body = {"model": "nebula-7b", "messages": [{"role": "user", "content": "hi"}], "n": 9}
+    refused = _post(client, body, secret=secret, address=_address())
+    assert refused.status_code == 400
+    error = refused.json()["error"]
+    assert error["param"] == "n" and "at most 8 per replica" in error["message"]
