@@ -232,9 +232,7 @@ class Completion:
                 self.caller.key.check_usable()  # it may have expired meanwhile
         except AuthenticationFailed as refusal:
             code = "key_expired" if "expired" in refusal.message else "key_revoked"
-            await self._fail(
-                f"{refusal.message} The request was stopped.", code=code, status=401
-            )
+            await self._fail(f"{refusal.message} The request was stopped.", code=code, status=401)
         except REDIS_ERRORS:
             pass  # cannot tell now; the watchdog handles a lasting Redis outage
         except NebulaError:
