@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from django.db.models import Count, Q, QuerySet, Sum
 from django.db.models.functions import TruncHour, TruncMinute
@@ -190,24 +190,26 @@ def _series(
     return series
 
 
-def records_visible_to(actor: Actor) -> QuerySet[UsageRecord]:
-    """A key sees its own usage; a user their keys'; an operator everything."""
-    records = UsageRecord.objects.all()
+_Usage = TypeVar("_Usage", UsageRecord, RefusalTally)
+
+
+def _visible_usage(rows: QuerySet[_Usage], actor: Actor) -> QuerySet[_Usage]:
+    """A key sees its own usage; a user their keys'; an operator everything (rows of no key
+    included)."""
     if actor.key is not None and not actor.key.is_admin:
-        return records.filter(api_key=actor.key)
+        return rows.filter(api_key=actor.key)
     if actor.is_operator:
-        return records
-    return records.filter(api_key__owner_id=actor.user.pk)
+        return rows
+    return rows.filter(api_key__owner_id=actor.user.pk)
+
+
+def records_visible_to(actor: Actor) -> QuerySet[UsageRecord]:
+    return _visible_usage(UsageRecord.objects.all(), actor)
 
 
 def tallies_visible_to(actor: Actor) -> QuerySet[RefusalTally]:
-    """Refusal tallies, by the same rule as records (those of no key: operators only)."""
-    tallies = RefusalTally.objects.all()
-    if actor.key is not None and not actor.key.is_admin:
-        return tallies.filter(api_key=actor.key)
-    if actor.is_operator:
-        return tallies
-    return tallies.filter(api_key__owner_id=actor.user.pk)
+    """Refusal tallies (telemetry.refusals), by the same rule as records."""
+    return _visible_usage(RefusalTally.objects.all(), actor)
 
 
 def _selection(
