@@ -6,12 +6,13 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import orjson
 import redis
 from django.conf import settings
 
+from inference.batching import JobGone, Outbox
 from inference.engine import Generation, GenerationRequest, HardwareSpec
 from inference.jobs import (
     FINISH,
@@ -42,19 +43,10 @@ from telemetry.events import STREAM, UsageEvent, encode, itl_histogram, usage_ev
 
 logger = logging.getLogger(__name__)
 
-# Batching tokens into one message: when tokens come faster than this apart (time scale 0, or
-# a tiny model), send every FLUSH_INTERVAL or FLUSH_TOKENS tokens; slower tokens go one by one.
-FLUSH_INTERVAL = 0.002
-FLUSH_TOKENS = 64
-# How often a non-streaming job (which sends nothing until the end) checks for cancellation.
-CANCEL_CHECK_INTERVAL = 0.05
+# How often a job waiting for a GPU slot asks again: quickly at first, then backing off.
 _POLL_MIN, _POLL_MAX = 0.002, 0.05
 # How long a job whose Redis failed under it keeps trying to end properly (and be recorded).
 SALVAGE_SECONDS = 30.0
-
-
-class JobGone(Exception):
-    """The job is no longer ours to run: cancelled, abandoned, or its web process died."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,36 +71,6 @@ class Outcome:
             message=None,
             error_code="client_gone",
         )
-
-
-@dataclass
-class _Outbox:
-    """Deltas produced but not yet sent, merged per choice in order."""
-
-    deltas: list[tuple[int, str]] = field(default_factory=list)
-    finished: list[tuple[int, str]] = field(default_factory=list)
-    tokens: int = 0
-    since: float = 0.0
-
-    def add(
-        self, deltas: tuple[tuple[int, str], ...], finished: tuple[tuple[int, str], ...]
-    ) -> None:
-        if not self.tokens:
-            self.since = time.monotonic()
-        for index, text in deltas:
-            if self.deltas and self.deltas[-1][0] == index:
-                self.deltas[-1] = (index, self.deltas[-1][1] + text)
-            else:
-                merged = next((i for i, (c, _) in enumerate(self.deltas) if c == index), None)
-                if merged is None:
-                    self.deltas.append((index, text))
-                else:
-                    self.deltas[merged] = (index, self.deltas[merged][1] + text)
-        self.finished.extend(finished)
-        self.tokens += 1
-
-    def clear(self) -> None:
-        self.deltas, self.finished, self.tokens = [], [], 0
 
 
 class JobRun:
@@ -150,14 +112,6 @@ class JobRun:
 
     def still_running(self) -> None:
         self.publish(None)
-
-    def sleep(self, seconds: float, *, check: bool) -> None:
-        """Sleep simulated GPU time; long sleeps check now and then that the job is still wanted."""
-        deadline = time.monotonic() + seconds
-        while (left := deadline - time.monotonic()) > 0:
-            time.sleep(min(left, 0.1))
-            if check and left > 0.1:
-                self.still_running()
 
     # --- the job -------------------------------------------------------------------------------
     def wait_for_slot(self) -> int:
@@ -222,50 +176,25 @@ class JobRun:
                 min_tokens=job["min_tokens"],
             )
         )
-        stream = job["stream"]
-        step_seconds = spec.decode_seconds_per_token() * self.scale
-        self.sleep(spec.prefill_seconds(job["prompt_tokens"]) * self.scale, check=True)
-        outbox = _Outbox()
-        last_token = last_check = time.monotonic()
-        for step in generation.steps():
-            now = time.monotonic()
-            if self.ttft_ms is None:
-                self.ttft_ms = (time.time() - job["enqueued_at"]) * 1000
-            else:
-                self.itl_gaps.append((now - last_token) * 1000)
-            last_token = now
-            if stream:
-                outbox.add(step.deltas, step.finished)
-                # Send now if the next token is a while off, or enough has piled up. The last
-                # batch goes out after the loop.
-                due = (
-                    self.seq == 0
-                    or step_seconds > FLUSH_INTERVAL / 2
-                    or outbox.tokens >= FLUSH_TOKENS
-                    or now - outbox.since >= FLUSH_INTERVAL
-                )
-                if due and not generation.done:
-                    self.send_deltas(outbox)
-            elif now - last_check >= CANCEL_CHECK_INTERVAL:
-                self.still_running()
-                last_check = now
-            if not generation.done and step_seconds > 0:
-                self.sleep(step_seconds, check=False)
-        if stream and outbox.tokens:
-            self.send_deltas(outbox, final=True)
+        # The worker's engine loop paces it at the simulated GPU's speed and sends its deltas.
+        self.worker.engine.generate(
+            self,
+            generation,
+            prefill=spec.prefill_seconds(job["prompt_tokens"]) * self.scale,
+            step=spec.decode_seconds_per_token() * self.scale,
+        )
         return generation
 
-    def send_deltas(self, outbox: _Outbox, final: bool = False) -> None:
+    def delta_message(self, outbox: Outbox) -> DeltaMessage:
+        """The next message of the stream, with what `outbox` holds."""
         self.seq += 1
-        message: DeltaMessage = {
+        return {
             "r": self.job["id"],
             "t": "delta",
             "seq": self.seq,
             "d": outbox.deltas,
             "f": outbox.finished,
         }
-        outbox.clear()
-        self.publish(message)
 
     def salvage(self, outcome: Outcome) -> None:
         """End the job after Redis failed under it, once Redis answers again.

@@ -20,6 +20,7 @@ from typing import Any
 from django.conf import settings
 from django.db import close_old_connections
 
+from inference.batching import EngineLoop
 from inference.heartbeats import WorkerInfo, heartbeat_send, heartbeat_withdraw
 from inference.slots import slots_renew
 from infra.redis_client import REDIS_ERRORS, get_redis
@@ -42,6 +43,8 @@ class WorkerRuntime:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._ledger: Any = None
+        # Every job of this process generates in one loop (inference.batching).
+        self.engine = EngineLoop(get_redis)
 
     # --- jobs -------------------------------------------------------------------------------
     @contextlib.contextmanager

@@ -6,12 +6,13 @@ import uuid
 
 import pytest
 
-from inference import runner
+from inference.batching import EngineLoop
 from inference.engine import count_tokens
 from inference.jobs import CANCEL, JOB_TTL_SECONDS, job_key
 from inference.runner import completion_execute
 from inference.slots import slots_key, waiting_key
 from inference.workers import WorkerRuntime
+from infra.redis_client import get_redis
 from tests.support.faults import wait_until
 from tests.support.jobs import ReplyListener, make_job, usage_events
 
@@ -28,27 +29,28 @@ def listener():
     listening.close()
 
 
-class RecordingClock:
-    """Replaces `time` inside the runner: sleeps are recorded and advance a virtual clock."""
+class VirtualClock:
+    """The engine loop's clock: time moves only when the loop waits for its next step, by
+    exactly as long as it waits, so the schedule shows whatever the machine's speed."""
 
     def __init__(self):
-        self.offset = 0.0
+        self.now = 0.0
         self.slept = []
 
-    def time(self):
-        return time.time() + self.offset
-
     def monotonic(self):
-        return time.monotonic() + self.offset
+        return self.now
 
-    def sleep(self, seconds):
-        self.slept.append(seconds)
-        self.offset += seconds
+    def wait(self, condition, timeout):
+        if timeout is None:
+            condition.wait()
+            return
+        self.slept.append(timeout)
+        self.now += timeout
 
 
 def run_timed(monkeypatch, settings, worker, listener, scale, **job_options):
-    clock = RecordingClock()
-    monkeypatch.setattr(runner, "time", clock)
+    clock = VirtualClock()
+    worker.engine = EngineLoop(get_redis, clock=clock)
     settings.NEBULA_SIM_TIME_SCALE = scale
     job = make_job(reply_to=listener.channel, **job_options)
     completion_execute(job, worker)
