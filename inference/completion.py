@@ -28,6 +28,7 @@ from inference.jobs import (
     QUEUE,
     TAKE_OVER,
     DoneMessage,
+    ErrorMessage,
     JobPayload,
     celery_message,
     job_key,
@@ -63,6 +64,16 @@ class WorkerFailed(NebulaError):
     def __init__(self, message: str, *, code: str, recorded: bool) -> None:
         super().__init__(message, code=code)
         self.recorded = recorded
+
+    @classmethod
+    def from_message(cls, message: ErrorMessage) -> WorkerFailed:
+        """The worker's error message, with the status it names (an engine's 400 stays one)."""
+        error = cls(message["message"], code=message["code"], recorded=True)
+        if "status" in message:
+            error.status = message["status"]
+            error.type = message.get("type") or error.type
+            error.param = message.get("param")
+        return error
 
 
 class Completion:
@@ -124,7 +135,7 @@ class Completion:
                 self.queue_ms = message["queue_ms"]
             elif message["t"] == "error":
                 self.finished = True
-                raise WorkerFailed(message["message"], code=message["code"], recorded=True)
+                raise WorkerFailed.from_message(message)  # type: ignore[arg-type]
 
     async def events(self, *, ticks: bool = False) -> AsyncIterator[dict[str, Any]]:
         """Delta, done and error messages until the job ends (after `wait_started`); with
@@ -148,7 +159,7 @@ class Completion:
             if message["t"] == "done":
                 return message  # type: ignore[return-value]
             if message["t"] == "error":
-                raise WorkerFailed(message["message"], code=message["code"], recorded=True)
+                raise WorkerFailed.from_message(message)  # type: ignore[arg-type]
         raise WorkerFailed("The job ended without a result.", code="worker_error", recorded=False)
 
     # --- failure handling -----------------------------------------------------------------

@@ -13,6 +13,7 @@ import orjson
 import redis
 from django.conf import settings
 
+from inference.backends.openai_compatible import UpstreamFailure, UpstreamResult, relay_chat
 from inference.engine import Generation, GenerationRequest, HardwareSpec
 from inference.jobs import (
     FINISH,
@@ -34,8 +35,12 @@ from inference.slots import (
     slots_key,
 )
 from inference.workers import WorkerRuntime
-from infra.redis_client import REDIS_ERRORS, get_redis
+from infra import aio
+from infra.errors import DATABASE_ERRORS
+from infra.redis_client import REDIS_ERRORS, get_async_redis, get_redis
 from keys.ratelimit import tpm_settle
+from models_registry.models import Backend
+from models_registry.upstreams import upstream_target
 from telemetry.events import STREAM, encode, itl_histogram, usage_event
 
 logger = logging.getLogger(__name__)
@@ -99,8 +104,12 @@ class JobRun:
         self.queue_ms: float | None = None
         self.ttft_ms: float | None = None
         self.itl_gaps: list[float] = []
+        self.last_token: float | None = None
         self.scale = settings.NEBULA_SIM_TIME_SCALE
-        self.generation: Generation | None = None
+        self.generation: Generation | UpstreamResult | None = None
+        # A streaming job on an engine tells its client it started once the engine accepted
+        # the request (so an engine's refusal still gets its own status), not at the slot.
+        self.upstream = job["model"].get("backend") == Backend.OPENAI_COMPATIBLE
 
     # --- messages ------------------------------------------------------------------------------
     def publish(self, message: DeltaMessage) -> None:
@@ -154,7 +163,7 @@ class JobRun:
                 claim=claim,
                 job_ttl=JOB_TTL_SECONDS,
                 reply_to=job["reply_to"],
-                start_message=orjson.dumps(start) if job["stream"] else b"",
+                start_message=orjson.dumps(start) if job["stream"] and not self.upstream else b"",
             )
             if got != SLOT_WAIT:
                 return got
@@ -220,6 +229,33 @@ class JobRun:
             self.send_deltas(outbox, final=True)
         return generation
 
+    def relay(self) -> UpstreamResult:
+        """Serve the job from its deployment's engine (the openai-compatible backend)."""
+        job = self.job
+        upstream = job.get("upstream")
+        try:
+            target = (
+                upstream_target(upstream["deployment_id"], name=job["model"]["name"])
+                if upstream
+                else None
+            )
+        except DATABASE_ERRORS:
+            raise UpstreamFailure(
+                503, "database_unavailable", "The worker cannot reach its database. Retry."
+            ) from None
+        if target is None:
+            raise UpstreamFailure(
+                503, "model_not_found", "The model's upstream is no longer configured."
+            )
+        result = UpstreamResult(n=job["n"], prompt_tokens=job["prompt_tokens"])
+        self.generation = result
+        try:
+            return aio.run(relay_chat(job, target=target, port=_UpstreamPort(self), result=result))
+        finally:
+            if self.ttft_ms is None and result.first_token_at is not None:
+                # A non-streaming job sent no deltas to time it by.
+                self.ttft_ms = (result.first_token_at - job["enqueued_at"]) * 1000
+
     def send_deltas(self, outbox: _Outbox, final: bool = False) -> None:
         self.seq += 1
         message: DeltaMessage = {
@@ -263,8 +299,11 @@ class JobRun:
         completion_tokens: int,
         message: DoneMessage | ErrorMessage | None,
         error_code: str = "",
+        prompt_tokens: int | None = None,
     ) -> None:
         job = self.job
+        if prompt_tokens is None:  # an engine reports its own count
+            prompt_tokens = getattr(self.generation, "prompt_tokens", job["prompt_tokens"])
         event = usage_event(
             request_id=job["id"],
             key_id=job["key_id"],
@@ -277,7 +316,7 @@ class JobRun:
             finish_reason=finish_reason,
             error_code=error_code,
             stream=job["stream"],
-            prompt_tokens=job["prompt_tokens"],
+            prompt_tokens=prompt_tokens,
             completion_tokens=completion_tokens,
             queue_ms=self.queue_ms,
             ttft_ms=self.ttft_ms,
@@ -304,7 +343,7 @@ class JobRun:
                 key_id=job["key_id"],
                 tpm_limit=job["tpm_limit"],
                 reserved=job["tpm_reserved"],
-                used=job["prompt_tokens"] + completion_tokens,
+                used=prompt_tokens + completion_tokens,
             )
 
 
@@ -319,6 +358,70 @@ def _salvage_outcome(state: object, outcome: dict[str, Any]) -> dict[str, Any]:
             "message": None,
         }
     return outcome
+
+
+class _UpstreamPort:
+    """The relay's view of its run (`inference.backends.openai_compatible.RunPort`), on the
+    event loop the relay runs on."""
+
+    def __init__(self, run: JobRun) -> None:
+        self.run = run
+
+    async def _publish(self, message: StartMessage | DeltaMessage) -> int:
+        run = self.run
+        return int(
+            await PUBLISH.acall(
+                get_async_redis(),
+                [run.key],
+                [run.job["reply_to"], orjson.dumps(message), run.owner],
+            )
+        )
+
+    async def started(self) -> None:
+        run = self.run
+        start: StartMessage = {
+            "r": run.job["id"],
+            "t": "start",
+            "queue_ms": run.queue_ms or 0.0,
+            "worker": run.worker.id,
+        }
+        if await self._publish(start) <= 0:
+            raise JobGone
+
+    async def delta(
+        self,
+        deltas: list[tuple[int, str]],
+        finished: list[tuple[int, str]],
+        logprobs: list[tuple[int, list[dict[str, Any]]]],
+        tool_calls: list[tuple[int, list[dict[str, Any]]]],
+    ) -> None:
+        run = self.run
+        now = time.monotonic()
+        if run.ttft_ms is None:
+            run.ttft_ms = (time.time() - run.job["enqueued_at"]) * 1000
+        elif run.last_token is not None:
+            run.itl_gaps.append((now - run.last_token) * 1000)
+        run.last_token = now
+        run.seq += 1
+        message: DeltaMessage = {
+            "r": run.job["id"],
+            "t": "delta",
+            "seq": run.seq,
+            "d": deltas,
+            "f": finished,
+        }
+        if logprobs:
+            message["lp"] = logprobs
+        if tool_calls:
+            message["tc"] = tool_calls
+        if await self._publish(message) <= 0:
+            raise JobGone
+
+    async def check(self) -> None:
+        run = self.run
+        state, owner = await get_async_redis().hmget(run.key, ["state", "worker"])
+        if state != b"running" or owner != run.owner.encode():
+            raise JobGone
 
 
 def completion_execute(job: JobPayload, worker: WorkerRuntime) -> None:
@@ -336,7 +439,27 @@ def completion_execute(job: JobPayload, worker: WorkerRuntime) -> None:
         try:
             if got == NO_LISTENER:
                 raise JobGone
-            generation = run.generate()
+            generation = run.relay() if run.upstream else run.generate()
+        except UpstreamFailure as failure:
+            tokens = run.generation.completion_tokens if run.generation else 0
+            failed: ErrorMessage = {
+                "r": job["id"],
+                "t": "error",
+                "code": failure.code,
+                "message": failure.message,
+                "status": failure.status,
+                "type": failure.type,
+                "param": failure.param,
+            }
+            run.finish(
+                state="failed",
+                status=failure.status,
+                finish_reason="error",
+                error_code=failure.code,
+                completion_tokens=tokens,
+                message=failed,
+            )
+            return
         except JobGone:
             tokens = run.generation.completion_tokens if run.generation else 0
             run.finish(
@@ -382,14 +505,15 @@ def completion_execute(job: JobPayload, worker: WorkerRuntime) -> None:
             )
             return
         reasons = generation.finish_reasons()
+        prompt_tokens = getattr(generation, "prompt_tokens", job["prompt_tokens"])
         done: DoneMessage = {
             "r": job["id"],
             "t": "done",
             "seq": run.seq + 1,
             "usage": {
-                "prompt_tokens": job["prompt_tokens"],
+                "prompt_tokens": prompt_tokens,
                 "completion_tokens": generation.completion_tokens,
-                "total_tokens": job["prompt_tokens"] + generation.completion_tokens,
+                "total_tokens": prompt_tokens + generation.completion_tokens,
             },
             "finish": reasons,
             "ttft_ms": run.ttft_ms or 0.0,
@@ -397,6 +521,11 @@ def completion_execute(job: JobPayload, worker: WorkerRuntime) -> None:
         }
         if not job["stream"]:
             done["texts"] = generation.texts()
+            if isinstance(generation, UpstreamResult):
+                if any(generation.tool_calls()):
+                    done["tool_calls"] = generation.tool_calls()
+                if any(generation.logprobs()):
+                    done["logprobs"] = generation.logprobs()
         outcome: dict[str, Any] = {
             "state": "done",
             "status": 200,
