@@ -3,7 +3,6 @@ test upstream, on loopback) through the runner, against real Redis, without Cele
 
 import threading
 import time
-import uuid
 
 import pytest
 
@@ -12,11 +11,10 @@ from inference.runner import completion_execute
 from inference.slots import slots_key
 from inference.workers import WorkerRuntime
 from models_registry import upstreams
-from models_registry.services import model_seed_ready
 from tests.support.faults import wait_until
 from tests.support.jobs import ReplyListener, make_job, usage_events
 from tests.support.stack import free_port
-from tests.support.upstream import UpstreamServer
+from tests.support.upstream import deploy_upstream, forget_upstream_state
 
 pytestmark = pytest.mark.django_db
 
@@ -33,38 +31,13 @@ def listener():
     listening.close()
 
 
-@pytest.fixture
-def engine():
-    server = UpstreamServer().start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def second_engine():
-    server = UpstreamServer().start()
-    yield server
-    server.stop()
-
-
 @pytest.fixture(autouse=True)
 def _fresh_upstream_state(redis_client):
-    # Ids repeat between tests (their rows are rolled back); what is kept by id must go too.
-    upstreams._targets.clear()
-    for key in redis_client.scan_iter("nebula:upstream*"):
-        redis_client.delete(key)
+    forget_upstream_state(redis_client)
 
 
 def deploy(*urls, **options):
-    options.setdefault("upstream_model", "test-upstream-model")
-    model, _ = model_seed_ready(
-        owner=None,
-        name=f"up-{uuid.uuid4().hex[:8]}",
-        backend="openai-compatible",
-        upstream_urls=list(urls),
-        **options,
-    )
-    return model
+    return deploy_upstream(*urls, **options)
 
 
 def upstream_job(model, listener, content="hello there [[tokens=4]]", stream=True, **body):

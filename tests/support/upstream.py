@@ -423,3 +423,63 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def deploy_upstream(*urls: str, name: str | None = None, **options: Any) -> Any:
+    """A ready deployment served by the engines at `urls` (skipping the probe on the way)."""
+    from models_registry.services import model_seed_ready
+
+    options.setdefault("upstream_model", "test-upstream-model")
+    model, _ = model_seed_ready(
+        owner=options.pop("owner", None),
+        name=name or f"up-{uuid.uuid4().hex[:8]}",
+        backend="openai-compatible",
+        upstream_urls=list(urls),
+        **options,
+    )
+    return model
+
+
+def forget_upstream_state(redis_client: Any) -> None:
+    """Database ids repeat between tests (their rows are rolled back): what a process or Redis
+    keeps by deployment or replica id must go with them."""
+    from models_registry import upstreams
+
+    upstreams._targets.clear()
+    for key in redis_client.scan_iter("nebula:upstream*"):
+        redis_client.delete(key)
+
+
+class EngineProcess:
+    """The test engine in a process of its own, for tests that kill it (kill -9)."""
+
+    def __init__(self, port: int) -> None:
+        import subprocess
+        import sys
+
+        import httpx
+
+        self.port = port
+        self.popen = subprocess.Popen(
+            [sys.executable, "-m", "tests.support.upstream", "--port", str(port)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(self.url + "/health", timeout=1).status_code == 200:
+                    return
+            time.sleep(0.05)
+        self.kill()
+        raise RuntimeError("the test engine did not start")
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def kill(self) -> None:
+        if self.popen.poll() is None:
+            self.popen.kill()
+            self.popen.wait(timeout=10)
