@@ -599,6 +599,19 @@ def upstream_wait_ready(
 # --- what operators see --------------------------------------------------------------------------
 
 
+def _summary(health: str, status: dict[str, Any], in_flight: int) -> str:
+    """One line for people: "healthy · 3.1 ms · 2 running, 0 waiting · KV 41% · 1 in flight"."""
+    parts = [health]
+    if status.get("latency_ms") is not None:
+        parts.append(f"{status['latency_ms']:.1f} ms")
+    if status.get("running") is not None:
+        parts.append(f"{status['running']:g} running, {status.get('waiting') or 0:g} waiting")
+    if status.get("kv_cache_usage") is not None:
+        parts.append(f"KV {status['kv_cache_usage'] * 100:.0f}%")
+    parts.append(f"{in_flight} in flight")
+    return " · ".join(parts)
+
+
 def upstream_serialize(model: DeployedModel) -> dict[str, Any] | None:
     """The upstream of a deployment, with each replica's health, for operators. Never the key."""
     if model.backend != Backend.OPENAI_COMPATIBLE:
@@ -627,6 +640,7 @@ def upstream_serialize(model: DeployedModel) -> dict[str, Any] | None:
                 "id": replica.pk,
                 "url": replica.url,
                 "health": health,
+                "summary": _summary(health, status, in_flight),
                 "latency_ms": status.get("latency_ms"),
                 "running": status.get("running"),
                 "waiting": status.get("waiting"),

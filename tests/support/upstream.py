@@ -16,6 +16,7 @@ Commands travel in the last user message, so concurrent requests each get their 
     [[tool_call]]     call the tool get_weather with {"city": "Paris"} (finish: tool_calls)
     [[logprobs]]      logprobs on every content token
     [[no_usage]]      no usage chunk, even when asked for one
+    [[echo_auth]]     with [[status=C]]: the error message quotes the Authorization header
     [[json]]          one JSON completion even when asked to stream
 
 Behaviour for every request: POST /_control with any of `health_status`, `models`,
@@ -214,11 +215,14 @@ class _Handler(BaseHTTPRequestHandler):
         self._sleep(float(commands.get("first_delay") or 0))
         status = int(commands.get("status") or state.setting("fail_status", 0) or 0)
         if status:
+            said = f"test upstream says {status}"
+            if "echo_auth" in commands:  # some engines quote the credential they got
+                said += f" (you sent {self.headers.get('Authorization')})"
             self._json(
                 status,
                 {
                     "object": "error",
-                    "message": f"test upstream says {status}",
+                    "message": said,
                     "type": "BadRequestError" if status < 500 else "InternalServerError",
                     "param": None,
                     "code": status,
