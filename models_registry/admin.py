@@ -26,8 +26,7 @@ class UpstreamConfigInline(admin.StackedInline[UpstreamConfig, DeployedModel]):
     model = UpstreamConfig
     extra = 0
     can_delete = False
-    fields = ["model_name", "has_api_key", "connect_timeout", "read_timeout"]
-    readonly_fields = fields
+    fields = readonly_fields = ("model_name", "has_api_key", "connect_timeout", "read_timeout")
 
     def has_add_permission(self, request: HttpRequest, obj: DeployedModel | None = None) -> bool:
         return False
@@ -37,8 +36,7 @@ class UpstreamReplicaInline(admin.TabularInline[UpstreamReplica, DeployedModel])
     model = UpstreamReplica
     extra = 0
     can_delete = False
-    fields = ["position", "url"]
-    readonly_fields = fields
+    fields = readonly_fields = ("position", "url")
 
     def has_add_permission(self, request: HttpRequest, obj: DeployedModel | None = None) -> bool:
         return False

@@ -29,7 +29,7 @@ def test_the_upstream_key_is_used_but_never_shown_or_logged(
     _, admin_secret = make_key(operator, name="ops", is_admin=True)
     admin = {"Authorization": f"Bearer {admin_secret}"}
     url = live.url
-    seen: list[tuple[str, str]] = []
+    seen = []
 
     created = httpx.post(
         url + "/models",
