@@ -365,7 +365,8 @@ class _Relay:
 
     async def stream(self, response: httpx.Response) -> None:
         finished = False
-        async for batch in _sse_batches(response):
+        batches = _sse_batches(response)
+        async for batch in batches:
             deltas: dict[int, str] = {}
             ends: list[tuple[int, str]] = []
             logprobs: dict[int, list[dict[str, Any]]] = {}
@@ -387,6 +388,12 @@ class _Relay:
                     list(calls.items()),
                 )
             if finished:
+                # Read the body to its end, so the connection goes back to the pool instead of
+                # being reset (an engine that keeps talking after [DONE] gets a second).
+                with contextlib.suppress(TimeoutError, httpx.HTTPError):
+                    async with asyncio.timeout(1.0):
+                        async for _ in batches:
+                            pass
                 return
         if not finished:
             if self.result.relayed:

@@ -23,7 +23,7 @@ def connect(client, **fields):
         "/dashboard/models/connect/",
         {
             "name": "llama-dash",
-            "upstream_urls": "http://10.0.0.5:8000/v1\nhttp://10.0.0.6:8000",
+            "upstream_urls": "http://gpu-a.invalid:8000/v1\nhttp://gpu-b.invalid:8000",
             "upstream_model": "llama-3.1-8b",
             "upstream_api_key": SECRET,
             "max_concurrent_seqs": "16",
@@ -46,13 +46,13 @@ def test_an_operator_connects_an_engine_from_the_form(client, operator):
     assert model.upstream.model_name == "llama-3.1-8b"
     assert SECRET not in UpstreamConfig.objects.get().api_key_encrypted
     page = client.get("/dashboard/models/").content.decode()
-    assert "http://10.0.0.5:8000" in page and "http://10.0.0.6:8000" in page
+    assert "http://gpu-a.invalid:8000" in page and "http://gpu-b.invalid:8000" in page
     assert "llama-3.1-8b" in page and SECRET not in page
 
 
 def test_a_connect_error_is_shown_in_place_without_echoing_the_key(client, operator):
     client.force_login(operator)
-    response = connect(client, upstream_urls="http://user:pw@10.0.0.5:8000")
+    response = connect(client, upstream_urls="http://user:pw@gpu-a.invalid:8000")
     assert response.status_code == 400
     assert "credentials" in response.context["upstream_form"].errors["upstream_urls"][0]
     page = response.content.decode()

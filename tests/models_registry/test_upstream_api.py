@@ -26,7 +26,7 @@ def upstream_body(**extra):
     return {
         "name": "llama-8b",
         "backend": "openai-compatible",
-        "upstream_urls": ["http://10.1.2.3:8000/v1", "http://10.1.2.4:8000"],
+        "upstream_urls": ["http://gpu-a.invalid:8000/v1", "http://gpu-b.invalid:8000"],
         "upstream_model": "meta-llama/Llama-3.1-8B-Instruct",
         "upstream_api_key": SECRET,
         "max_concurrent_seqs": 32,
@@ -48,8 +48,8 @@ def test_an_operator_creates_an_upstream_deployment_and_never_sees_its_key(clien
     assert upstream["has_api_key"] is True
     assert (upstream["connect_timeout"], upstream["read_timeout"]) == (5.0, 30.0)
     assert [r["url"] for r in upstream["replicas"]] == [
-        "http://10.1.2.3:8000",
-        "http://10.1.2.4:8000",
+        "http://gpu-a.invalid:8000",
+        "http://gpu-b.invalid:8000",
     ]
     assert {r["health"] for r in upstream["replicas"]} == {"unknown"}
     for url in ("/models", "/models/llama-8b", "/models?all=1"):
@@ -92,7 +92,7 @@ def test_users_and_admin_keys_cannot_create_one_but_an_admin_key_can(
 
 
 def test_users_see_a_ready_upstream_model_but_not_its_upstream(client, alice, bob, operator):
-    deploy_upstream("http://10.9.9.9:8000", name="llama-ready", upstream_api_key=SECRET)
+    deploy_upstream("http://gpu-z.invalid:8000", name="llama-ready", upstream_api_key=SECRET)
     for person in (alice, bob):
         client.force_login(person)
         listed = client.get("/models").json()["data"]
@@ -101,14 +101,16 @@ def test_users_see_a_ready_upstream_model_but_not_its_upstream(client, alice, bo
         detail = client.get("/models/llama-ready")
         assert detail.status_code == 200
         text = detail.content.decode()
-        assert "10.9.9.9" not in text and SECRET not in text and "upstream" not in detail.json()
+        assert (
+            "gpu-z.invalid" not in text and SECRET not in text and "upstream" not in detail.json()
+        )
     client.force_login(operator)
     detail = client.get("/models/llama-ready").json()
-    assert detail["upstream"]["replicas"][0]["url"] == "http://10.9.9.9:8000"
+    assert detail["upstream"]["replicas"][0]["url"] == "http://gpu-z.invalid:8000"
 
 
 def test_scaling_an_upstream_deployment_is_refused_with_the_reason(client, operator):
-    deploy_upstream("http://10.9.9.9:8000", name="llama-fixed")
+    deploy_upstream("http://gpu-z.invalid:8000", name="llama-fixed")
     client.force_login(operator)
     response = client.patch(
         "/models/llama-fixed", data=json.dumps({"replicas": 4}), content_type="application/json"

@@ -37,8 +37,8 @@ def probe(model):
 @pytest.mark.parametrize(
     ("raw", "stored"),
     [
-        ("http://10.0.0.5:8000", "http://10.0.0.5:8000"),
-        ("http://10.0.0.5:8000/v1", "http://10.0.0.5:8000"),
+        ("http://gpu-a.invalid:8000", "http://gpu-a.invalid:8000"),
+        ("http://gpu-a.invalid:8000/v1", "http://gpu-a.invalid:8000"),
         ("https://GPU-Box.example:443/vllm/v1/", "https://gpu-box.example:443/vllm"),
         ("  http://localhost:11434/  ", "http://localhost:11434"),
     ],
