@@ -28,13 +28,17 @@ from models_registry.catalog import ModelInfo, catalog_snapshot
 from models_registry.models import Backend
 
 # What an engine gets of a request besides what the relay sets (model, stream, stream_options).
-_NOT_FORWARDED = {"model", "stream", "stream_options"}
+_NOT_FORWARDED = {"model", "stream", "stream_options", "max_completion_tokens"}
 
 
 def upstream_body(request: ChatCompletionRequest) -> dict[str, Any]:
     """The request's parameters for an engine: what the client sent and Nebula accepted, as
     the client spelled it (an engine may take parameters the simulated engine does not)."""
-    return request.model_dump(mode="json", exclude_none=True, exclude=_NOT_FORWARDED)
+    body = request.model_dump(mode="json", exclude_none=True, exclude=_NOT_FORWARDED)
+    # Every engine reads max_tokens; not all know OpenAI's newer name for it.
+    if request.token_limit is not None:
+        body["max_tokens"] = request.token_limit
+    return body
 
 
 # Reserved against a token limit when the request sets no max_tokens (settled at the end).

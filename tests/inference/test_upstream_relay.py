@@ -8,6 +8,8 @@ import pytest
 
 from inference.jobs import CANCEL, JOB_TTL_SECONDS, job_key
 from inference.runner import completion_execute
+from inference.schemas import parse_chat_request
+from inference.services import upstream_body
 from inference.slots import slots_key
 from inference.workers import WorkerRuntime
 from models_registry import upstreams
@@ -325,3 +327,26 @@ def test_requests_spread_over_replicas_by_load(engine, second_engine, worker, li
     for thread in threads:
         thread.join(timeout=10)
     assert (len(engine.log), len(second_engine.log)) == (2, 2)
+
+
+def test_requests_to_an_engine_reuse_one_connection(engine, worker, listener):
+    model = deploy(engine.url)
+    for stream in (True, False, True):
+        run(upstream_job(model, listener, "hi [[tokens=3]]", stream=stream), worker)
+    assert len({entry["client_port"] for entry in engine.log}) == 1
+
+
+def test_an_engine_gets_the_clients_parameters_with_max_tokens_under_its_usual_name():
+    request = parse_chat_request(
+        b'{"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": true,'
+        b' "stream_options": {"include_usage": false}, "max_completion_tokens": 7,'
+        b' "temperature": 0.5, "seed": 3, "stop": ["x"], "ignore_eos": true}'
+    )
+    assert upstream_body(request) == {
+        "messages": [{"role": "user", "content": "hi"}],
+        "max_tokens": 7,
+        "temperature": 0.5,
+        "seed": 3,
+        "stop": ["x"],
+        "ignore_eos": True,
+    }

@@ -189,6 +189,7 @@ class _Handler(BaseHTTPRequestHandler):
         entry: dict[str, Any] = {
             "id": uuid.uuid4().hex,
             "authorization": self.headers.get("Authorization"),
+            "client_port": self.client_address[1],
             "body": body,
             "disconnected": False,
             "finished": False,
