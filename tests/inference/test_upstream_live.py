@@ -184,3 +184,27 @@ def test_a_client_hanging_up_cancels_the_engines_request(live, secret, engine):
     (record,) = records()
     assert (record.status, record.finish_reason) == (499, "cancelled")
     assert 0 < record.completion_tokens < 500
+
+
+def test_the_workers_probe_the_engines_and_operators_see_it(
+    live, secret, engine, operator, make_key
+):
+    down = f"http://127.0.0.1:{free_port()}"
+    deploy_upstream(engine.url, down, name="llama-probed")
+    _, admin = make_key(operator, is_admin=True)
+
+    def health():
+        body = httpx.get(
+            live.url + "/models/llama-probed", headers={"Authorization": f"Bearer {admin}"}
+        ).json()
+        return {r["url"]: r["health"] for r in body["upstream"]["replicas"]}
+
+    # A worker's prober thread (NEBULA_UPSTREAM_PROBE_INTERVAL, 2 s) finds one up, one down.
+    assert wait_until(lambda: "unknown" not in health().values() and health(), timeout=10) == {
+        engine.url: "healthy",
+        down: "down",
+    }
+    engine.control(health_status=503)
+    wait_until(lambda: health()[engine.url] == "down", timeout=10)
+    engine.control(health_status=200)
+    wait_until(lambda: health()[engine.url] == "healthy", timeout=10)
