@@ -117,17 +117,19 @@ class DeployForm(forms.Form):
 class UpstreamDeployForm(forms.Form):
     """A deployment served by an engine the operator runs (vLLM, llama.cpp, …)."""
 
-    name = forms.CharField(max_length=64, help_text="How clients call it, e.g. llama-8b.")
+    name = forms.CharField(
+        label="Deployment", max_length=64, help_text="How clients call it, e.g. llama-8b."
+    )
     upstream_urls = forms.CharField(
         label="Engine URLs",
         widget=forms.Textarea(attrs={"rows": 2}),
         help_text="One base URL per replica, one per line, e.g. http://10.0.0.5:8000.",
     )
     upstream_model = forms.CharField(
-        label="Engine's model name",
+        label="Model at the engine",
         max_length=256,
         required=False,
-        help_text="What the engine serves it as; empty: the same name.",
+        help_text="What the engine serves it as; empty: the deployment's.",
     )
     # Never rendered back into the page, not even after a form error.
     upstream_api_key = forms.CharField(
@@ -145,6 +147,8 @@ class UpstreamDeployForm(forms.Form):
     read_timeout = forms.FloatField(label="Read timeout (s)", initial=60, required=False)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
+        # Its own ids: it shares the page (and field names) with the deploy form.
+        kwargs.setdefault("auto_id", "connect_%s")
         super().__init__(*args, **kwargs)
         for field in self.fields.values():
             field.widget.attrs.setdefault("class", "input")

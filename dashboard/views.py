@@ -221,16 +221,29 @@ def models(request: HttpRequest, actor: Actor) -> HttpResponse:
     if request.method != "POST":
         return _models_page(request, actor)
     require_operator(actor)
-    form = DeployForm(request.POST)
-    if not form.is_valid():
-        return _models_page(request, actor, form=form, status=400)
-    try:
-        model = model_services.model_deploy(owner=request.user, **form.deployment())
-    except NebulaError as error:
-        attach_error(form, error)
-        return _models_page(request, actor, form=form, status=400)
-    messages.success(request, f"Deploying {model.name}. Its state updates here as it loads.")
-    return redirect("dashboard-models")
+    return _deploy(
+        request,
+        actor,
+        DeployForm(request.POST),
+        success="Deploying {name}. Its state updates here as it loads.",
+    )
+
+
+def _deploy(
+    request: HttpRequest, actor: Actor, form: DeployForm | UpstreamDeployForm, *, success: str
+) -> HttpResponse:
+    """Either deploy form, posted: one service; its refusals land next to their fields."""
+    if form.is_valid():
+        try:
+            model = model_services.model_deploy(owner=request.user, **form.deployment())
+        except NebulaError as error:
+            attach_error(form, error)
+        else:
+            messages.success(request, success.format(name=model.name))
+            return redirect("dashboard-models")
+    if isinstance(form, UpstreamDeployForm):
+        return _models_page(request, actor, upstream_form=form, status=400)
+    return _models_page(request, actor, form=form, status=400)
 
 
 @dashboard_view
@@ -238,18 +251,12 @@ def models(request: HttpRequest, actor: Actor) -> HttpResponse:
 def model_connect(request: HttpRequest, actor: Actor) -> HttpResponse:
     """Deploy a model served by an engine the operator runs (the openai-compatible backend)."""
     require_operator(actor)
-    form = UpstreamDeployForm(request.POST)
-    if not form.is_valid():
-        return _models_page(request, actor, upstream_form=form, status=400)
-    try:
-        model = model_services.model_deploy(owner=request.user, **form.deployment())
-    except NebulaError as error:
-        attach_error(form, error)
-        return _models_page(request, actor, upstream_form=form, status=400)
-    messages.success(
-        request, f"Connecting {model.name}: it is ready once one of its engines answers."
+    return _deploy(
+        request,
+        actor,
+        UpstreamDeployForm(request.POST),
+        success="Connecting {name}: it is ready once one of its engines answers.",
     )
-    return redirect("dashboard-models")
 
 
 @dashboard_view

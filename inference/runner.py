@@ -13,7 +13,12 @@ import orjson
 import redis
 from django.conf import settings
 
-from inference.backends.openai_compatible import UpstreamFailure, UpstreamResult, relay_chat
+from inference.backends.openai_compatible import (
+    Delta,
+    UpstreamFailure,
+    UpstreamResult,
+    relay_chat,
+)
 from inference.engine import Generation, GenerationRequest, HardwareSpec
 from inference.jobs import (
     FINISH,
@@ -388,13 +393,7 @@ class _UpstreamPort:
         if await self._publish(start) <= 0:
             raise JobGone
 
-    async def delta(
-        self,
-        deltas: list[tuple[int, str]],
-        finished: list[tuple[int, str]],
-        logprobs: list[tuple[int, list[dict[str, Any]]]],
-        tool_calls: list[tuple[int, list[dict[str, Any]]]],
-    ) -> None:
+    async def delta(self, delta: Delta) -> None:
         run = self.run
         now = time.monotonic()
         if run.ttft_ms is None:
@@ -407,13 +406,13 @@ class _UpstreamPort:
             "r": run.job["id"],
             "t": "delta",
             "seq": run.seq,
-            "d": deltas,
-            "f": finished,
+            "d": delta.texts,
+            "f": delta.finished,
         }
-        if logprobs:
-            message["lp"] = logprobs
-        if tool_calls:
-            message["tc"] = tool_calls
+        if delta.logprobs:
+            message["lp"] = delta.logprobs
+        if delta.tool_calls:
+            message["tc"] = delta.tool_calls
         if await self._publish(message) <= 0:
             raise JobGone
 

@@ -386,9 +386,8 @@ async def replica_release(replica: Replica, *, request_id: str) -> None:
     await get_async_redis().zrem(inflight_key(replica.id), request_id)
 
 
-async def replica_mark_down(target: UpstreamTarget, replica: Replica, *, error: str) -> None:
-    """A request found the replica failing: out of the rotation now, not at the next probe."""
-    status: ReplicaStatus = {
+def _status_down(error: str) -> ReplicaStatus:
+    return {
         "healthy": False,
         "latency_ms": None,
         "running": None,
@@ -397,6 +396,11 @@ async def replica_mark_down(target: UpstreamTarget, replica: Replica, *, error: 
         "checked_at": time.time(),
         "error": error,
     }
+
+
+async def replica_mark_down(target: UpstreamTarget, replica: Replica, *, error: str) -> None:
+    """A request found the replica failing: out of the rotation now, not at the next probe."""
+    status = _status_down(error)
     client = get_async_redis()
     pipe = client.pipeline(transaction=False)
     pipe.hset(health_key(target.deployment_id), str(replica.id), "0")
@@ -435,15 +439,7 @@ async def replica_probe(target: UpstreamTarget, replica: Replica) -> ReplicaStat
     and `/v1/models` answers and, if it lists models, lists ours."""
     client = aio.http_client()
     timeout = httpx.Timeout(settings.NEBULA_UPSTREAM_PROBE_TIMEOUT)
-    status: ReplicaStatus = {
-        "healthy": False,
-        "latency_ms": None,
-        "running": None,
-        "waiting": None,
-        "kv_cache_usage": None,
-        "checked_at": time.time(),
-        "error": "",
-    }
+    status = _status_down("")  # until it says otherwise
     try:
         started = time.perf_counter()
         health = await client.get(replica.url + "/health", timeout=timeout)

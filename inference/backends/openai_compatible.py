@@ -49,19 +49,23 @@ MAX_JSON_BYTES = 16 * 1024 * 1024
 RETRYABLE_STATUSES = {429, 500, 502, 503, 504}
 
 
+@dataclass
+class Delta:
+    """What one read from the engine adds, per choice index (`DeltaMessage`'s d, f, lp, tc)."""
+
+    texts: list[tuple[int, str]]
+    finished: list[tuple[int, str]]
+    logprobs: list[tuple[int, list[dict[str, Any]]]]
+    tool_calls: list[tuple[int, list[dict[str, Any]]]]
+
+
 class RunPort(Protocol):
     """What the relay may do to the run it serves (`inference.runner` implements it). Each
     method raises if the job is no longer wanted (cancelled, its web process gone)."""
 
     async def started(self) -> None: ...
 
-    async def delta(
-        self,
-        deltas: list[tuple[int, str]],
-        finished: list[tuple[int, str]],
-        logprobs: list[tuple[int, list[dict[str, Any]]]],
-        tool_calls: list[tuple[int, list[dict[str, Any]]]],
-    ) -> None: ...
+    async def delta(self, delta: Delta) -> None: ...
 
     async def check(self) -> None: ...
 
@@ -382,10 +386,7 @@ class _Relay:
                 self.apply(chunk, deltas, ends, logprobs, calls)
             if self.job["stream"] and (deltas or ends or logprobs or calls):
                 await self.port.delta(
-                    [(i, text) for i, text in deltas.items()],
-                    ends,
-                    list(logprobs.items()),
-                    list(calls.items()),
+                    Delta(list(deltas.items()), ends, list(logprobs.items()), list(calls.items()))
                 )
             if finished:
                 # Read the body to its end, so the connection goes back to the pool instead of
@@ -480,7 +481,7 @@ class _Relay:
         self.apply({"choices": choices, "usage": body.get("usage")}, deltas, ends, logprobs, calls)
         if self.job["stream"]:
             await self.port.delta(
-                list(deltas.items()), ends, list(logprobs.items()), list(calls.items())
+                Delta(list(deltas.items()), ends, list(logprobs.items()), list(calls.items()))
             )
 
 

@@ -11,26 +11,13 @@ from inference.runner import completion_execute
 from inference.schemas import parse_chat_request
 from inference.services import upstream_body
 from inference.slots import slots_key
-from inference.workers import WorkerRuntime
 from models_registry import upstreams
 from tests.support.faults import wait_until
-from tests.support.jobs import ReplyListener, make_job, usage_events
+from tests.support.jobs import make_job, usage_events
 from tests.support.stack import free_port
 from tests.support.upstream import deploy_upstream, forget_upstream_state
 
 pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture
-def worker():
-    return WorkerRuntime(concurrency=8)
-
-
-@pytest.fixture
-def listener():
-    listening = ReplyListener()
-    yield listening
-    listening.close()
 
 
 @pytest.fixture(autouse=True)

@@ -52,24 +52,13 @@ def test_the_upstream_key_is_used_but_never_shown_or_logged(
         time.sleep(0.1)
     assert state == "ready"
 
-    chat = url + "/v1/chat/completions"
-    ok = httpx.post(
-        chat,
-        json={
-            "model": "llama-secret",
-            "messages": [{"role": "user", "content": "hi [[tokens=2]]"}],
-        },
-        headers=admin,
-    )
+    def chat(content):
+        body = {"model": "llama-secret", "messages": [{"role": "user", "content": content}]}
+        return httpx.post(url + "/v1/chat/completions", json=body, headers=admin)
+
+    ok = chat("hi [[tokens=2]]")
     assert ok.status_code == 200 and ok.json()["choices"][0]["message"]["content"] == "w0 w1 "
-    quoted = httpx.post(
-        chat,
-        json={
-            "model": "llama-secret",
-            "messages": [{"role": "user", "content": "[[status=400]] [[echo_auth]]"}],
-        },
-        headers=admin,
-    )
+    quoted = chat("[[status=400]] [[echo_auth]]")
     assert quoted.status_code == 400
     assert "[redacted]" in quoted.json()["error"]["message"]
     seen += [("chat", ok.text), ("quoted", quoted.text)]

@@ -22,7 +22,7 @@
     }
     setText($('[data-f="size"]', row), m.params_billions ? fmt.decimal(m.params_billions) + "B" : "—");
     const gpus = $('[data-f="gpus"]', row);
-    if (gpus && m.upstream) replicas(gpus, m.upstream);
+    if (gpus && m.upstream) renderEngines(gpus, m.upstream);
     else if (gpus) setText(gpus, `${m.gpus_per_replica} × ${m.gpu_type}`);
     const replicas = $('[data-f="replicas"]', row);
     if (replicas) setText(replicas, m.replicas);
@@ -32,7 +32,7 @@
     if (actions) actions.hidden = !ACTIVE.includes(m.state);
     const scale = $('[data-f="scale"]', row);
     if (scale) {
-      scale.hidden = m.state !== "ready";
+      scale.hidden = m.state !== "ready" || Boolean(m.upstream); // engines: one replica per URL
       const input = $('input[name="replicas"]', scale);
       // Never overwrite what someone is typing.
       if (input && document.activeElement !== input && input.getAttribute("aria-invalid") !== "true") {
@@ -42,7 +42,7 @@
   }
 
   // An upstream deployment's engines, as templates/dashboard/_replicas.html draws them.
-  function replicas(cell, upstream) {
+  function renderEngines(cell, upstream) {
     const el = (tag, className, text) => {
       const node = document.createElement(tag);
       if (className) node.className = className;
