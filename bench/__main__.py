@@ -28,6 +28,7 @@ from bench.sse import check_stream
 from bench.stack import ROOT, Stack, allowed_cpus, cpu_seconds, free_port, pinning, rss_kib
 from bench.stats import growth, ratio, summarize
 from bench.streams import Client, StreamResult, request
+from bench.upstream import engine_deploy, rows_upstream, upstream_overhead
 from bench.wrk import lua_script, run_wrk
 
 RESULTS = ROOT / "bench" / "results"
@@ -460,10 +461,32 @@ def rows_memory(s5: dict[str, Any]) -> list[Row]:
 
 ROWS = {"c1": rows_c1, "c50": rows_c50, "streaming": rows_streaming, "micro": rows_micro}
 ROWS["memory"] = rows_memory
+ROWS["upstream"] = rows_upstream
 
 
 def build_rows(results: dict[str, Any]) -> list[Row]:
     return [row for name, build in ROWS.items() if name in results for row in build(results[name])]
+
+
+def engine_scenario(stack: Stack, secret: str, args: argparse.Namespace) -> dict[str, Any]:
+    """Scenario 6 (bench/upstream.py): the test engine in a process of its own."""
+    from tests.support.upstream import EngineProcess
+
+    engine = EngineProcess(int(os.environ.get("NEBULA_BENCH_ENGINE_PORT") or free_port(*PORTS)))
+    try:
+        engine_deploy(engine.url)
+        return asyncio.run(
+            upstream_overhead(
+                nebula_port=stack.port,
+                engine_port=engine.port,
+                secret=secret,
+                seconds=args.seconds,
+                streams=args.engine_streams,
+                rounds=args.engine_rounds,
+            )
+        )
+    finally:
+        engine.kill()
 
 
 def git_commit() -> str:
@@ -493,7 +516,9 @@ def main(argv: list[str] | None = None) -> int:
         help="tokens per stream (3); 1 leaves almost only the job's intake on the worker",
     )
     parser.add_argument("--requests", type=int, default=20_000, help="memory scenario (5)")
-    parser.add_argument("--only", default="1,2,3,4,5", help="scenarios to run, e.g. 1,2")
+    parser.add_argument("--engine-streams", type=int, default=32, help="streams at once (6)")
+    parser.add_argument("--engine-rounds", type=int, default=5, help="rounds of streams (6)")
+    parser.add_argument("--only", default="1,2,3,4,5,6", help="scenarios to run, e.g. 1,2")
     parser.add_argument("--keep", action="store_true", help="keep the database and server logs")
     parser.add_argument("--out", type=Path, default=RESULTS, help="where results go")
     args = parser.parse_args(argv)
@@ -520,8 +545,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         stack.start()
         cpus_seen = {p.name: allowed_cpus(p.pid) for p in stack.procs}
-        say("warming up")
-        wrk_pair(stack, secret, connections=50, seconds=3, cpus=load_cpus)
+        if only & {"1", "2", "5"}:  # the wrk scenarios (6 warms up its own way)
+            say("warming up")
+            wrk_pair(stack, secret, connections=50, seconds=3, cpus=load_cpus)
         if "1" in only:
             say("1. non-streaming, concurrency 1 (baseline and completion alternating)")
             results["c1"] = asyncio.run(alternating(stack, secret, seconds=args.seconds))
@@ -556,6 +582,9 @@ def main(argv: list[str] | None = None) -> int:
             results["memory"] = memory(
                 stack, secret, requests=args.requests, cpus=load_cpus, rps_hint=rps
             )
+        if "6" in only:
+            say(f"6. in front of an engine: direct and through Nebula ({args.seconds:g} s a side)")
+            results["upstream"] = engine_scenario(stack, secret, args)
     except BaseException:
         print(f"the benchmark failed; server logs are in {workdir}/logs", file=sys.stderr)
         raise

@@ -114,6 +114,57 @@ class DeployForm(forms.Form):
         return {name: value for name, value in data.items() if value is not None}
 
 
+class UpstreamDeployForm(forms.Form):
+    """A deployment served by an engine the operator runs (vLLM, llama.cpp, …)."""
+
+    name = forms.CharField(
+        label="Deployment", max_length=64, help_text="How clients call it, e.g. llama-8b."
+    )
+    upstream_urls = forms.CharField(
+        label="Engine URLs",
+        widget=forms.Textarea(attrs={"rows": 2}),
+        help_text="One base URL per replica, one per line, e.g. http://10.0.0.5:8000.",
+    )
+    upstream_model = forms.CharField(
+        label="Model at the engine",
+        max_length=256,
+        required=False,
+        help_text="What the engine serves it as; empty: the deployment's.",
+    )
+    # Never rendered back into the page, not even after a form error.
+    upstream_api_key = forms.CharField(
+        label="Engine API key",
+        required=False,
+        max_length=4096,
+        widget=forms.PasswordInput(render_value=False),
+        help_text="Stored encrypted; never shown again.",
+    )
+    max_concurrent_seqs = forms.IntegerField(
+        label="Concurrent sequences per replica", initial=8, required=False
+    )
+    context_length = forms.IntegerField(label="Context length", initial=8192, required=False)
+    connect_timeout = forms.FloatField(label="Connect timeout (s)", initial=5, required=False)
+    read_timeout = forms.FloatField(label="Read timeout (s)", initial=60, required=False)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        # Its own ids: it shares the page (and field names) with the deploy form.
+        kwargs.setdefault("auto_id", "connect_%s")
+        super().__init__(*args, **kwargs)
+        for field in self.fields.values():
+            field.widget.attrs.setdefault("class", "input")
+        self.fields["name"].widget.attrs.update(placeholder="llama-8b", autocomplete="off")
+        self.fields["upstream_urls"].widget.attrs.update(placeholder="http://10.0.0.5:8000")
+        self.fields["upstream_api_key"].widget.attrs.update(autocomplete="new-password")
+
+    def deployment(self) -> dict[str, Any]:
+        """The service's keyword arguments; blank optional fields take the service's defaults."""
+        data = {name: value for name, value in self.cleaned_data.items() if value not in (None, "")}
+        data["upstream_urls"] = [
+            line.strip() for line in data.get("upstream_urls", "").splitlines() if line.strip()
+        ]
+        return {"backend": "openai-compatible", **data}
+
+
 class ScaleForm(forms.Form):
     replicas = forms.IntegerField(label="Replicas")
 

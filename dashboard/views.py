@@ -19,7 +19,14 @@ from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_http_methods, require_POST
 
-from dashboard.forms import DeployForm, KeyCreateForm, ScaleForm, UsageFilterForm, attach_error
+from dashboard.forms import (
+    DeployForm,
+    KeyCreateForm,
+    ScaleForm,
+    UpstreamDeployForm,
+    UsageFilterForm,
+    attach_error,
+)
 from infra.errors import InvalidRequest, NebulaError, NotFound, PermissionDenied
 from keys import services as key_services
 from keys.access import (
@@ -182,6 +189,7 @@ def _models_page(
     actor: Actor,
     *,
     form: DeployForm | None = None,
+    upstream_form: UpstreamDeployForm | None = None,
     status: int = 200,
     scale_error: dict[str, Any] | None = None,
 ) -> HttpResponse:
@@ -199,6 +207,8 @@ def _models_page(
         operator=operator,
         form=form or (DeployForm() if operator else None),
         deploy_open=form is not None,
+        upstream_form=upstream_form or (UpstreamDeployForm() if operator else None),
+        upstream_open=upstream_form is not None,
         scale_error=scale_error,
         catalogue={"gpus": catalogue, "headroom": MEMORY_HEADROOM},
         placeholder=_ROW_PLACEHOLDER,
@@ -211,16 +221,42 @@ def models(request: HttpRequest, actor: Actor) -> HttpResponse:
     if request.method != "POST":
         return _models_page(request, actor)
     require_operator(actor)
-    form = DeployForm(request.POST)
-    if not form.is_valid():
-        return _models_page(request, actor, form=form, status=400)
-    try:
-        model = model_services.model_deploy(owner=request.user, **form.deployment())
-    except NebulaError as error:
-        attach_error(form, error)
-        return _models_page(request, actor, form=form, status=400)
-    messages.success(request, f"Deploying {model.name}. Its state updates here as it loads.")
-    return redirect("dashboard-models")
+    return _deploy(
+        request,
+        actor,
+        DeployForm(request.POST),
+        success="Deploying {name}. Its state updates here as it loads.",
+    )
+
+
+def _deploy(
+    request: HttpRequest, actor: Actor, form: DeployForm | UpstreamDeployForm, *, success: str
+) -> HttpResponse:
+    """Either deploy form, posted: one service; its refusals land next to their fields."""
+    if form.is_valid():
+        try:
+            model = model_services.model_deploy(owner=request.user, **form.deployment())
+        except NebulaError as error:
+            attach_error(form, error)
+        else:
+            messages.success(request, success.format(name=model.name))
+            return redirect("dashboard-models")
+    if isinstance(form, UpstreamDeployForm):
+        return _models_page(request, actor, upstream_form=form, status=400)
+    return _models_page(request, actor, form=form, status=400)
+
+
+@dashboard_view
+@require_POST
+def model_connect(request: HttpRequest, actor: Actor) -> HttpResponse:
+    """Deploy a model served by an engine the operator runs (the openai-compatible backend)."""
+    require_operator(actor)
+    return _deploy(
+        request,
+        actor,
+        UpstreamDeployForm(request.POST),
+        success="Connecting {name}: it is ready once one of its engines answers.",
+    )
 
 
 @dashboard_view

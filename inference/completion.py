@@ -73,6 +73,16 @@ class WorkerFailed(NebulaError):
         super().__init__(message, code=code)
         self.recorded = recorded
 
+    @classmethod
+    def from_message(cls, message: ErrorMessage) -> WorkerFailed:
+        """The worker's error message, with the status it names (an engine's 400 stays one)."""
+        error = cls(message["message"], code=message["code"], recorded=True)
+        if "status" in message:
+            error.status = message["status"]
+            error.type = message.get("type") or error.type
+            error.param = message.get("param")
+        return error
+
 
 class Completion:
     """An admitted job's replies, with the watchdog that turns silence into a decision."""
@@ -137,7 +147,7 @@ class Completion:
                 self.queue_ms = message["queue_ms"]
             elif message["t"] == "error":
                 self.finished = True
-                raise WorkerFailed(message["message"], code=message["code"], recorded=True)
+                raise WorkerFailed.from_message(message)
 
     async def events(
         self, *, ticks: bool = False
@@ -162,7 +172,7 @@ class Completion:
             if message["t"] == "done":
                 return message
             if message["t"] == "error":
-                raise WorkerFailed(message["message"], code=message["code"], recorded=True)
+                raise WorkerFailed.from_message(message)
         raise WorkerFailed("The job ended without a result.", code="worker_error", recorded=False)
 
     # --- failure handling -----------------------------------------------------------------

@@ -47,6 +47,15 @@ class ModelPayload(TypedDict):
     bf16_tflops: float
     capacity: int
     context_length: int
+    backend: NotRequired[str]  # models_registry.models.Backend; absent: simulated
+
+
+class UpstreamJob(TypedDict):
+    """For the openai-compatible backend: which deployment's engine, and the request's own
+    parameters to send it (never the engine's key: the worker reads that itself)."""
+
+    deployment_id: int
+    body: dict[str, Any]
 
 
 class JobPayload(TypedDict):
@@ -72,6 +81,7 @@ class JobPayload(TypedDict):
     enqueued_at: float  # Unix time on the web process
     tpm_reserved: int
     tpm_limit: int | None
+    upstream: NotRequired[UpstreamJob]
 
 
 # --- Messages from worker to web process (Redis pub/sub on the web process's reply channel) -----
@@ -90,6 +100,10 @@ class DeltaMessage(TypedDict):
     seq: int
     d: list[tuple[int, str]]  # (choice index, text)
     f: list[tuple[int, str]]  # (choice index, finish reason)
+    # Per choice index: OpenAI `logprobs.content` entries and streaming `delta.tool_calls`
+    # entries for this delta's tokens.
+    lp: NotRequired[list[tuple[int, list[dict[str, Any]]]]]
+    tc: NotRequired[list[tuple[int, list[dict[str, Any]]]]]
 
 
 class Usage(TypedDict):
@@ -105,6 +119,9 @@ class DoneMessage(TypedDict):
     usage: Usage
     finish: list[str | None]
     texts: NotRequired[list[str]]  # non-streaming jobs send the whole text at the end
+    # Non-streaming jobs, per choice: OpenAI `message.tool_calls` and `logprobs.content`.
+    tool_calls: NotRequired[list[list[dict[str, Any]] | None]]
+    logprobs: NotRequired[list[list[dict[str, Any]] | None]]
     ttft_ms: float
     queue_ms: float
 
@@ -114,6 +131,11 @@ class ErrorMessage(TypedDict):
     t: Literal["error"]
     code: str
     message: str
+    # The HTTP status and OpenAI error type and param the client gets (when no token reached
+    # it yet); absent: 503 server_error (a worker's trouble).
+    status: NotRequired[int]
+    type: NotRequired[str]
+    param: NotRequired[str | None]
 
 
 WorkerMessage = StartMessage | DeltaMessage | DoneMessage | ErrorMessage

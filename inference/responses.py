@@ -51,8 +51,26 @@ def usage_object(usage: Usage) -> dict[str, Any]:
     }
 
 
+def _logprobs(content: list[dict[str, Any]] | None) -> dict[str, Any] | None:
+    return {"content": content, "refusal": None} if content else None
+
+
+def _message(text: str, tool_calls: list[dict[str, Any]] | None) -> dict[str, Any]:
+    message: dict[str, Any] = {
+        "role": "assistant",
+        "content": None if tool_calls and not text else text,
+        "refusal": None,
+        "annotations": [],
+    }
+    if tool_calls:
+        message["tool_calls"] = tool_calls
+    return message
+
+
 def chat_completion(request_id: str, model: str, done: DoneMessage) -> dict[str, Any]:
     texts = done.get("texts") or []
+    calls = done.get("tool_calls") or [None] * len(texts)
+    logprobs = done.get("logprobs") or [None] * len(texts)
     return {
         "id": completion_id(request_id),
         "object": "chat.completion",
@@ -63,13 +81,8 @@ def chat_completion(request_id: str, model: str, done: DoneMessage) -> dict[str,
         "choices": [
             {
                 "index": index,
-                "message": {
-                    "role": "assistant",
-                    "content": text,
-                    "refusal": None,
-                    "annotations": [],
-                },
-                "logprobs": None,
+                "message": _message(text, calls[index]),
+                "logprobs": _logprobs(logprobs[index]),
                 "finish_reason": done["finish"][index] or "stop",
             }
             for index, text in enumerate(texts)
@@ -104,8 +117,18 @@ async def sse_events(
     )
     tail = b'],"usage":null}\n\n' if request.include_usage else b"]}\n\n"
 
-    def chunk(index: int, delta: dict[str, Any], finish: str | None = None) -> bytes:
-        choice = {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish}
+    def chunk(
+        index: int,
+        delta: dict[str, Any],
+        finish: str | None = None,
+        logprobs: list[dict[str, Any]] | None = None,
+    ) -> bytes:
+        choice = {
+            "index": index,
+            "delta": delta,
+            "logprobs": _logprobs(logprobs),
+            "finish_reason": finish,
+        }
         return b"data: " + head + orjson.dumps(choice) + tail
 
     try:
@@ -115,7 +138,16 @@ async def sse_events(
         )
         async for message in completion.events(ticks=True):
             if message["t"] == "delta":
-                parts = [chunk(index, {"content": text}) for index, text in message["d"] if text]
+                texts = dict(message["d"])
+                calls = dict(message.get("tc") or [])
+                logprobs = dict(message.get("lp") or [])
+                parts = []
+                for index in dict.fromkeys([*texts, *calls, *logprobs]):
+                    delta: dict[str, Any] = {"content": texts[index]} if texts.get(index) else {}
+                    if index in calls:
+                        delta["tool_calls"] = calls[index]
+                    if delta or index in logprobs:
+                        parts.append(chunk(index, delta, logprobs=logprobs.get(index)))
                 parts += [chunk(index, {}, reason) for index, reason in message["f"]]
                 if parts:
                     completion.relayed = True
@@ -132,8 +164,8 @@ async def sse_events(
                         {
                             "error": {
                                 "message": message["message"],
-                                "type": "server_error",
-                                "param": None,
+                                "type": message.get("type", "server_error"),
+                                "param": message.get("param"),
                                 "code": message["code"],
                             }
                         }

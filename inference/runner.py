@@ -12,6 +12,12 @@ import orjson
 import redis
 from django.conf import settings
 
+from inference.backends.openai_compatible import (
+    Delta,
+    UpstreamFailure,
+    UpstreamResult,
+    relay_chat,
+)
 from inference.batching import JobGone, Outbox
 from inference.engine import Generation, GenerationRequest, HardwareSpec
 from inference.jobs import (
@@ -37,8 +43,12 @@ from inference.slots import (
     waiting_key,
 )
 from inference.workers import WorkerRuntime
-from infra.redis_client import REDIS_ERRORS, get_redis
+from infra import aio
+from infra.errors import DATABASE_ERRORS
+from infra.redis_client import REDIS_ERRORS, get_async_redis, get_redis
 from keys.ratelimit import tpm_settle
+from models_registry.models import Backend
+from models_registry.upstreams import upstream_target
 from telemetry.events import STREAM, UsageEvent, encode, itl_histogram, usage_event
 
 logger = logging.getLogger(__name__)
@@ -87,8 +97,12 @@ class JobRun:
         self.queue_ms: float | None = None
         self.ttft_ms: float | None = None
         self.itl_gaps: list[float] = []
+        self.last_token: float | None = None
         self.scale = settings.NEBULA_SIM_TIME_SCALE
-        self.generation: Generation | None = None
+        self.generation: Generation | UpstreamResult | None = None
+        # A streaming job on an engine tells its client it started once the engine accepted
+        # the request (so an engine's refusal still gets its own status), not at the slot.
+        self.upstream = job["model"].get("backend") == Backend.OPENAI_COMPATIBLE
 
     # --- messages ------------------------------------------------------------------------------
     @property
@@ -142,7 +156,7 @@ class JobRun:
                 claim=claim,
                 job_ttl=JOB_TTL_SECONDS,
                 reply_to=job["reply_to"],
-                start_message=orjson.dumps(start) if job["stream"] else b"",
+                start_message=orjson.dumps(start) if job["stream"] and not self.upstream else b"",
                 sequences=job["n"],
             )
             if got != SLOT_WAIT:
@@ -184,6 +198,38 @@ class JobRun:
             step=spec.decode_seconds_per_token() * self.scale,
         )
         return generation
+
+    def relay(self) -> UpstreamResult:
+        """Serve the job from its deployment's engine (the openai-compatible backend)."""
+        job = self.job
+        upstream = job.get("upstream")
+        try:
+            target = (
+                upstream_target(upstream["deployment_id"], name=job["model"]["name"])
+                if upstream
+                else None
+            )
+        except DATABASE_ERRORS:
+            raise UpstreamFailure(
+                503, "database_unavailable", "The worker cannot reach its database. Retry."
+            ) from None
+        if target is None:
+            raise UpstreamFailure(
+                503, "model_not_found", "The model's upstream is no longer configured."
+            )
+        result = UpstreamResult(n=job["n"], prompt_tokens=job["prompt_tokens"])
+        self.generation = result
+        try:
+            return aio.run(relay_chat(job, target=target, port=_UpstreamPort(self), result=result))
+        finally:
+            if self.ttft_ms is None and result.first_token_at is not None:
+                # A non-streaming job sent no deltas to time it by.
+                self.ttft_ms = (result.first_token_at - job["enqueued_at"]) * 1000
+
+    @property
+    def prompt_tokens(self) -> int:
+        """The prompt as billed: an engine reports its own count, the simulated one is ours."""
+        return int(getattr(self.generation, "prompt_tokens", self.job["prompt_tokens"]))
 
     def delta_message(self, outbox: Outbox) -> DeltaMessage:
         """The next message of the stream, with what `outbox` holds."""
@@ -232,7 +278,7 @@ class JobRun:
             finish_reason=outcome.finish_reason,
             error_code=outcome.error_code,
             stream=job["stream"],
-            prompt_tokens=job["prompt_tokens"],
+            prompt_tokens=self.prompt_tokens,
             completion_tokens=outcome.completion_tokens,
             queue_ms=self.queue_ms,
             ttft_ms=self.ttft_ms,
@@ -259,10 +305,22 @@ class JobRun:
         )
         self.settle_tokens(outcome.completion_tokens)
 
+    def end(self, outcome: Outcome) -> None:
+        """Finish the job; if Redis fails under the finish, salvage it (and let the task see
+        the error)."""
+        try:
+            self.finish(outcome)
+        except REDIS_ERRORS:
+            self.salvage(outcome)
+            raise
+
     def stopped_outcome(self) -> Outcome:
         """How a job its web process stopped ends: the client went away (499), unless the web
         process said why (its key was revoked: 401), billing the tokens made either way."""
-        reason = self.client.hget(self.key, "reason")
+        try:
+            reason = self.client.hget(self.key, "reason")
+        except REDIS_ERRORS:
+            reason = None  # the finish will meet the same outage: salvage decides then
         code = reason.decode() if isinstance(reason, bytes) else ""
         revoked = code in ("key_revoked", "key_expired")
         return Outcome(
@@ -282,7 +340,7 @@ class JobRun:
                 key_id=job["key_id"],
                 tpm_limit=job["tpm_limit"],
                 reserved=job["tpm_reserved"],
-                used=job["prompt_tokens"] + completion_tokens,
+                used=self.prompt_tokens + completion_tokens,
             )
 
     def settle_orphan(self) -> None:
@@ -320,6 +378,67 @@ class JobRun:
             self.settle_tokens(tokens)
 
 
+class _UpstreamPort:
+    """The relay's view of its run (`inference.backends.openai_compatible.RunPort`), on the
+    event loop the relay runs on."""
+
+    def __init__(self, run: JobRun) -> None:
+        self.run = run
+
+    async def _publish(self, message: StartMessage | DeltaMessage | None) -> int:
+        run = self.run
+        return int(
+            await PUBLISH.acall(
+                get_async_redis(),
+                [run.key],
+                [
+                    run.job["reply_to"],
+                    orjson.dumps(message) if message is not None else "",
+                    run.owner,
+                    run.tokens_made,
+                ],
+            )
+        )
+
+    async def started(self) -> None:
+        run = self.run
+        start: StartMessage = {
+            "r": run.job["id"],
+            "t": "start",
+            "queue_ms": run.queue_ms or 0.0,
+            "worker": run.worker.id,
+        }
+        if await self._publish(start) <= 0:
+            raise JobGone
+
+    async def delta(self, delta: Delta) -> None:
+        run = self.run
+        now = time.monotonic()
+        if run.ttft_ms is None:
+            run.ttft_ms = (time.time() - run.job["enqueued_at"]) * 1000
+        elif run.last_token is not None:
+            run.itl_gaps.append((now - run.last_token) * 1000)
+        run.last_token = now
+        run.seq += 1
+        message: DeltaMessage = {
+            "r": run.job["id"],
+            "t": "delta",
+            "seq": run.seq,
+            "d": delta.texts,
+            "f": delta.finished,
+        }
+        if delta.logprobs:
+            message["lp"] = delta.logprobs
+        if delta.tool_calls:
+            message["tc"] = delta.tool_calls
+        if await self._publish(message) <= 0:
+            raise JobGone
+
+    async def check(self) -> None:
+        if await self._publish(None) <= 0:
+            raise JobGone
+
+
 def completion_execute(job: JobPayload, worker: WorkerRuntime) -> None:
     """Run one job to its end. Safe to call twice for the same job: the second call does nothing,
     unless the first call's worker died with the job (then it settles the job)."""
@@ -339,9 +458,29 @@ def completion_execute(job: JobPayload, worker: WorkerRuntime) -> None:
         try:
             if got == NO_LISTENER:
                 raise JobGone
-            generation = run.generate()
+            generation = run.relay() if run.upstream else run.generate()
+        except UpstreamFailure as failure:
+            run.end(
+                Outcome(
+                    state="failed",
+                    status=failure.status,
+                    finish_reason="error",
+                    error_code=failure.code,
+                    completion_tokens=run.tokens_made,
+                    message={
+                        "r": job["id"],
+                        "t": "error",
+                        "code": failure.code,
+                        "message": failure.message,
+                        "status": failure.status,
+                        "type": failure.type,
+                        "param": failure.param,
+                    },
+                )
+            )
+            return
         except JobGone:
-            run.finish(run.stopped_outcome())
+            run.end(run.stopped_outcome())
             return
         except REDIS_ERRORS:
             run.salvage(
@@ -362,7 +501,7 @@ def completion_execute(job: JobPayload, worker: WorkerRuntime) -> None:
             raise
         except Exception:
             logger.exception("job %s failed on worker %s", job["id"], worker.id)
-            run.finish(
+            run.end(
                 Outcome(
                     state="failed",
                     status=500,
@@ -379,14 +518,15 @@ def completion_execute(job: JobPayload, worker: WorkerRuntime) -> None:
             )
             return
         reasons = generation.finish_reasons()
+        prompt_tokens = run.prompt_tokens
         done: DoneMessage = {
             "r": job["id"],
             "t": "done",
             "seq": run.seq + 1,
             "usage": {
-                "prompt_tokens": job["prompt_tokens"],
+                "prompt_tokens": prompt_tokens,
                 "completion_tokens": generation.completion_tokens,
-                "total_tokens": job["prompt_tokens"] + generation.completion_tokens,
+                "total_tokens": prompt_tokens + generation.completion_tokens,
             },
             "finish": reasons,
             "ttft_ms": run.ttft_ms or 0.0,
@@ -394,6 +534,11 @@ def completion_execute(job: JobPayload, worker: WorkerRuntime) -> None:
         }
         if not job["stream"]:
             done["texts"] = generation.texts()
+            if isinstance(generation, UpstreamResult):
+                if any(generation.tool_calls()):
+                    done["tool_calls"] = generation.tool_calls()
+                if any(generation.logprobs()):
+                    done["logprobs"] = generation.logprobs()
         outcome = Outcome(
             state="done",
             status=200,
@@ -401,8 +546,4 @@ def completion_execute(job: JobPayload, worker: WorkerRuntime) -> None:
             completion_tokens=generation.completion_tokens,
             message=done,
         )
-        try:
-            run.finish(outcome)
-        except REDIS_ERRORS:
-            run.salvage(outcome)
-            raise
+        run.end(outcome)

@@ -12,6 +12,7 @@ before it started, lost with its worker) is recorded by the web process. See `in
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from django.conf import settings
 
@@ -24,6 +25,21 @@ from inference.schemas import ChatCompletionRequest
 from infra.errors import InvalidRequest, NotFound
 from keys.auth import KeyInfo
 from models_registry.catalog import ModelInfo, catalog_snapshot
+from models_registry.models import Backend
+
+# What an engine gets of a request besides what the relay sets (model, stream, stream_options).
+_NOT_FORWARDED = {"model", "stream", "stream_options", "max_completion_tokens"}
+
+
+def upstream_body(request: ChatCompletionRequest) -> dict[str, Any]:
+    """The request's parameters for an engine: what the client sent and Nebula accepted, as
+    the client spelled it (an engine may take parameters the simulated engine does not)."""
+    body = request.model_dump(mode="json", exclude_none=True, exclude=_NOT_FORWARDED)
+    # Every engine reads max_tokens; not all know OpenAI's newer name for it.
+    if request.token_limit is not None:
+        body["max_tokens"] = request.token_limit
+    return body
+
 
 # Reserved against a token limit when the request sets no max_tokens (settled at the end).
 DEFAULT_COMPLETION_RESERVE = 256
@@ -132,6 +148,9 @@ async def completion_submit(
             "tpm_reserved": reserve if key.tpm_limit else 0,
             "tpm_limit": key.tpm_limit,
         }
+        if model.backend == Backend.OPENAI_COMPATIBLE:
+            payload["model"]["backend"] = model.backend
+            payload["upstream"] = {"deployment_id": model.pk, "body": upstream_body(request)}
         payload_holder[:] = [payload]
         return celery_message(payload), reserve
 

@@ -25,6 +25,7 @@ from inference.heartbeats import WorkerInfo, heartbeat_send, heartbeat_withdraw
 from inference.slots import slots_renew
 from infra.redis_client import REDIS_ERRORS, get_redis
 from models_registry.services import model_reconcile
+from models_registry.upstreams import PROBE_LOCK_KEY, upstream_probe_round
 from telemetry.ledger import LedgerConsumer
 
 logger = logging.getLogger(__name__)
@@ -105,7 +106,20 @@ class WorkerRuntime:
             except Exception:
                 logger.exception("deployment reconciler failed")
 
-    def start(self, *, ledger: bool = True, reconcile: bool = True) -> None:
+    def _probe_loop(self) -> None:
+        interval = settings.NEBULA_UPSTREAM_PROBE_INTERVAL
+        while not self._stop.wait(interval):
+            try:
+                # One prober at a time fleet-wide; the lock lapses just before the next round.
+                if get_redis().set(PROBE_LOCK_KEY, self.id, nx=True, px=int(interval * 900)):
+                    close_old_connections()
+                    upstream_probe_round()
+            except REDIS_ERRORS:
+                pass
+            except Exception:
+                logger.exception("upstream prober failed")
+
+    def start(self, *, ledger: bool = True, reconcile: bool = True, probe: bool = True) -> None:
         try:
             self.beat()
         except REDIS_ERRORS:
@@ -116,6 +130,8 @@ class WorkerRuntime:
             loops.append(("usage-ledger", self._ledger.run))
         if reconcile:
             loops.append(("reconciler", self._reconcile_loop))
+        if probe:
+            loops.append(("upstream-prober", self._probe_loop))
         for name, target in loops:
             thread = threading.Thread(target=target, name=f"nebula-{name}", daemon=True)
             thread.start()
@@ -149,6 +165,8 @@ def start_worker_runtime() -> WorkerRuntime:
     runtime = current_worker()
     if not runtime._threads:
         runtime.start(
-            ledger=settings.NEBULA_WORKER_LEDGER, reconcile=settings.NEBULA_WORKER_RECONCILER
+            ledger=settings.NEBULA_WORKER_LEDGER,
+            reconcile=settings.NEBULA_WORKER_RECONCILER,
+            probe=settings.NEBULA_WORKER_PROBER,
         )
     return runtime

@@ -6,7 +6,7 @@ from django.http import HttpRequest
 
 from infra.errors import NebulaError
 from models_registry import services
-from models_registry.models import DeployedModel, ModelEvent
+from models_registry.models import DeployedModel, ModelEvent, UpstreamConfig, UpstreamReplica
 
 
 class ModelEventInline(admin.TabularInline[ModelEvent, DeployedModel]):
@@ -20,6 +20,28 @@ class ModelEventInline(admin.TabularInline[ModelEvent, DeployedModel]):
         return False
 
 
+class UpstreamConfigInline(admin.StackedInline[UpstreamConfig, DeployedModel]):
+    """An upstream deployment's engine settings; the encrypted key is not shown at all."""
+
+    model = UpstreamConfig
+    extra = 0
+    can_delete = False
+    fields = readonly_fields = ("model_name", "has_api_key", "connect_timeout", "read_timeout")
+
+    def has_add_permission(self, request: HttpRequest, obj: DeployedModel | None = None) -> bool:
+        return False
+
+
+class UpstreamReplicaInline(admin.TabularInline[UpstreamReplica, DeployedModel]):
+    model = UpstreamReplica
+    extra = 0
+    can_delete = False
+    fields = readonly_fields = ("position", "url")
+
+    def has_add_permission(self, request: HttpRequest, obj: DeployedModel | None = None) -> bool:
+        return False
+
+
 @admin.register(DeployedModel)
 class DeployedModelAdmin(admin.ModelAdmin[DeployedModel]):
     """Deployments change state only through the lifecycle, so fields here are read-only; use
@@ -28,6 +50,7 @@ class DeployedModelAdmin(admin.ModelAdmin[DeployedModel]):
     list_display = [
         "name",
         "state",
+        "backend",
         "gpu_type",
         "gpus_per_replica",
         "replicas",
@@ -37,10 +60,11 @@ class DeployedModelAdmin(admin.ModelAdmin[DeployedModel]):
         "owner",
         "updated_at",
     ]
-    list_filter = ["state", "gpu_type"]
+    list_filter = ["state", "backend", "gpu_type"]
     search_fields = ["name"]
     readonly_fields = [
         "name",
+        "backend",
         "parameters",
         "gpu_type",
         "gpus_per_replica",
@@ -53,7 +77,7 @@ class DeployedModelAdmin(admin.ModelAdmin[DeployedModel]):
         "created_at",
         "updated_at",
     ]
-    inlines = [ModelEventInline]
+    inlines = [UpstreamConfigInline, UpstreamReplicaInline, ModelEventInline]
     actions = ["undeploy"]
 
     def has_add_permission(self, request: HttpRequest) -> bool:

@@ -6,7 +6,6 @@ from dataclasses import dataclass
 
 from infra.db import SingleFlight, run_db
 from infra.epoch import MISS, EpochCache, current_epoch
-from models_registry.gpus import GPU_TYPES
 from models_registry.models import LIVE_STATES, DeployedModel, ModelState
 
 
@@ -24,6 +23,8 @@ class ModelInfo:
     context_length: int
     created: int  # Unix time
     owned_by: str
+    backend: str = "simulated"
+    pk: int = 0
 
     @property
     def is_ready(self) -> bool:
@@ -31,7 +32,7 @@ class ModelInfo:
 
     @classmethod
     def from_model(cls, model: DeployedModel) -> ModelInfo:
-        gpu = GPU_TYPES[model.gpu_type]
+        gpu = model.gpu
         return cls(
             name=model.name,
             state=model.state,
@@ -45,6 +46,8 @@ class ModelInfo:
             context_length=model.context_length,
             created=int(model.created_at.timestamp()),
             owned_by="nebula",
+            backend=model.backend,
+            pk=model.pk,
         )
 
 

@@ -50,4 +50,7 @@ def gpu_type(key: str) -> GpuType | None:
     return None
 
 
+# What a deployment served by an external engine runs on, as far as Nebula knows.
+NO_GPU = GpuType("", "an external engine", 0, 0, 0)
+
 GPU_CHOICES = [(gpu.key, gpu.name) for gpu in GPU_TYPES.values()]

@@ -4,7 +4,7 @@ from django.conf import settings
 from django.db import models
 from django.utils import timezone
 
-from models_registry.gpus import GPU_CHOICES, GPU_TYPES, GpuType
+from models_registry.gpus import GPU_CHOICES, GPU_TYPES, NO_GPU, GpuType
 
 
 class ModelState(models.TextChoices):
@@ -85,7 +85,8 @@ class DeployedModel(models.Model):
 
     @property
     def gpu(self) -> GpuType:
-        return GPU_TYPES[self.gpu_type]
+        # An upstream deployment (the openai-compatible backend) may name no GPU at all.
+        return GPU_TYPES.get(self.gpu_type, NO_GPU)
 
     @property
     def capacity(self) -> int:
@@ -148,3 +149,20 @@ class ModelPrice(models.Model):
 
     def __str__(self) -> str:
         return f"{self.model_name} from {self.effective_from:%Y-%m-%d %H:%M}"
+
+
+# The openai-compatible backend's configuration lives in its own module (see there).
+from models_registry.upstream_models import UpstreamConfig, UpstreamReplica  # noqa: E402
+
+__all__ = [
+    "LIVE_STATES",
+    "TRANSITIONS",
+    "Backend",
+    "DeployedModel",
+    "ModelEvent",
+    "ModelKind",
+    "ModelPrice",
+    "ModelState",
+    "UpstreamConfig",
+    "UpstreamReplica",
+]

@@ -7,7 +7,7 @@ import re
 import time
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, Required, TypedDict, Unpack
+from typing import Any, Required, Unpack
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
@@ -21,13 +21,22 @@ from infra.redis_client import REDIS_ERRORS
 from infra.tasks import enqueue_on_commit, send_task
 from keys.access import Actor
 from models_registry.access import fleet_for
-from models_registry.gpus import GPU_TYPES, GpuType, gpu_type
+from models_registry.gpus import GPU_TYPES, NO_GPU, GpuType, gpu_type
 from models_registry.models import (
     LIVE_STATES,
     TRANSITIONS,
+    Backend,
     DeployedModel,
     ModelEvent,
     ModelState,
+)
+from models_registry.upstreams import (
+    CleanUpstream,
+    UpstreamSpec,
+    upstream_create,
+    upstream_serialize,
+    upstream_validate,
+    upstream_wait_ready,
 )
 
 logger = logging.getLogger(__name__)
@@ -102,11 +111,21 @@ def serialize_model(model: DeployedModel) -> dict[str, Any]:
         "owner": model.owner.get_username() if model.owner_id and model.owner else None,
         "created_at": model.created_at.isoformat(),
         "updated_at": model.updated_at.isoformat() if model.updated_at else None,
+        "backend": model.backend,
+        "upstream": upstream_serialize(model),
     }
 
 
 # What a user (not an operator) may not see of a deployment: who runs it and on what hardware.
-PRIVATE_FIELDS = ("owner", "gpu_type", "gpus_per_replica", "replicas", "failure_reason")
+PRIVATE_FIELDS = (
+    "owner",
+    "gpu_type",
+    "gpus_per_replica",
+    "replicas",
+    "failure_reason",
+    "backend",
+    "upstream",
+)
 
 
 def serialize_model_for(model: DeployedModel, *, operator: bool) -> dict[str, Any]:
@@ -144,12 +163,15 @@ def _record(model: DeployedModel, from_state: str, to_state: str, note: str = ""
     ModelEvent.objects.create(model=model, from_state=from_state, to_state=to_state, note=note)
 
 
-class DeploymentSpec(TypedDict, total=False):
-    """What an operator asks for when deploying (defaults in DEPLOYMENT_DEFAULTS)."""
+class DeploymentSpec(UpstreamSpec, total=False):
+    """What an operator asks for when deploying (defaults in DEPLOYMENT_DEFAULTS). The size and
+    GPU type are required on simulated GPUs; an upstream deployment (backend
+    `openai-compatible`) needs its upstream instead (`models_registry.upstreams`)."""
 
     name: Required[str]
-    params_billions: Required[float]
-    gpu_type: Required[str]
+    backend: str
+    params_billions: float
+    gpu_type: str
     gpus_per_replica: int
     replicas: int
     max_concurrent_seqs: int
@@ -167,8 +189,14 @@ DEPLOYMENT_DEFAULTS = {
 def validate_deployment(spec: DeploymentSpec) -> GpuType:
     """The GPU type the spec names, or 400 naming the first field that is wrong."""
     full: dict[str, Any] = {**DEPLOYMENT_DEFAULTS, **spec}
-    name, params_billions, gpu = full["name"], full["params_billions"], full["gpu_type"]
+    name, params_billions, gpu = full["name"], full.get("params_billions"), full.get("gpu_type")
     gpus_per_replica, replicas = full["gpus_per_replica"], full["replicas"]
+    backend = full.get("backend", Backend.SIMULATED)
+    if backend not in Backend.values:
+        raise InvalidRequest(
+            f"backend must be one of: {', '.join(Backend.values)}.", param="backend"
+        )
+    upstream = backend == Backend.OPENAI_COMPATIBLE
     max_concurrent_seqs, context_length = full["max_concurrent_seqs"], full["context_length"]
     if not NAME_RE.match(name or ""):
         raise InvalidRequest(
@@ -176,12 +204,14 @@ def validate_deployment(spec: DeploymentSpec) -> GpuType:
             "or digit.",
             param="name",
         )
-    if not (isinstance(params_billions, int | float) and 0 < params_billions <= 10_000):
+    if not (upstream and params_billions is None) and not (
+        isinstance(params_billions, int | float) and 0 < params_billions <= 10_000
+    ):
         raise InvalidRequest(
             "params_billions must be a number above 0 (e.g. 7 for a 7B model).",
             param="params_billions",
         )
-    found = gpu_type(gpu or "")
+    found = NO_GPU if upstream and not gpu else gpu_type(gpu or "")
     if found is None:
         raise InvalidRequest(
             f"Unknown GPU type '{gpu}'. Known types: {', '.join(GPU_TYPES)}.", param="gpu_type"
@@ -204,6 +234,15 @@ def _create_deployment(
     gpu = validate_deployment(spec)
     full: dict[str, Any] = {**DEPLOYMENT_DEFAULTS, **spec}
     name = full["name"]
+    upstream: CleanUpstream | None = None
+    if full.get("backend") == Backend.OPENAI_COMPATIBLE:
+        upstream = upstream_validate(spec, deployment_name=name)
+        if "replicas" in spec and spec["replicas"] != len(upstream.urls):
+            raise InvalidRequest(
+                "An upstream deployment has one replica per upstream URL; leave replicas out.",
+                param="replicas",
+            )
+        full["replicas"] = len(upstream.urls)
     if DeployedModel.objects.filter(name=name, state__in=LIVE_STATES).exists():
         raise InvalidRequest(
             f"A deployment named '{name}' already exists. Undeploy it first or pick another name.",
@@ -213,7 +252,8 @@ def _create_deployment(
     model = DeployedModel(
         owner=owner,
         name=name,
-        parameters=round(full["params_billions"] * 1e9),
+        backend=full.get("backend", Backend.SIMULATED),
+        parameters=round((full.get("params_billions") or 0) * 1e9),
         gpu_type=gpu.key,
         gpus_per_replica=full["gpus_per_replica"],
         replicas=full["replicas"],
@@ -221,7 +261,7 @@ def _create_deployment(
         context_length=full["context_length"],
         state=state,
     )
-    if state == ModelState.READY:  # skipping the load skips its fit check too: do it here
+    if state == ModelState.READY and upstream is None:  # skipping the load skips its fit check
         fit = model_fit(
             parameters=model.parameters, gpu=gpu, gpus_per_replica=model.gpus_per_replica
         )
@@ -230,6 +270,8 @@ def _create_deployment(
     try:
         with transaction.atomic():
             model.save()
+            if upstream is not None:
+                upstream_create(model=model, upstream=upstream)
     except IntegrityError:  # a concurrent deploy of the same name won the race
         raise InvalidRequest(
             f"A deployment named '{name}' already exists.", param="name", code="duplicate_name"
@@ -296,6 +338,9 @@ def model_load(*, model_id: int) -> None:
     )
     if model is None:
         return
+    if model.backend == Backend.OPENAI_COMPATIBLE:
+        _upstream_load(model)
+        return
     fit = model_fit(
         parameters=model.parameters, gpu=model.gpu, gpus_per_replica=model.gpus_per_replica
     )
@@ -310,16 +355,36 @@ def model_load(*, model_id: int) -> None:
     # updated_at tells the reconciler this loader is alive.
     while (left := deadline - time.monotonic()) > 0:
         time.sleep(min(left, 1.0))
-        still_loading = DeployedModel.objects.filter(pk=model_id, state=ModelState.LOADING).update(
-            updated_at=timezone.now()
-        )
-        if not still_loading:
+        if not _still_loading(model_id):
             return
     model_transition(
         model_id=model_id,
         to_state=ModelState.READY,
         expect={ModelState.LOADING},
         note=f"loaded {model.weights_gb:.1f} GB of weights in {seconds:.1f} s (simulated)",
+    )
+
+
+def _still_loading(model_id: int) -> bool:
+    """Is the deployment still loading? Touching updated_at tells the reconciler its loader
+    is alive."""
+    return bool(
+        DeployedModel.objects.filter(pk=model_id, state=ModelState.LOADING).update(
+            updated_at=timezone.now()
+        )
+    )
+
+
+def _upstream_load(model: DeployedModel) -> None:
+    """An upstream deployment needs no GPUs of ours: it is ready once a replica answers."""
+    ready, note = upstream_wait_ready(model=model, still_loading=lambda: _still_loading(model.pk))
+    if ready is None:
+        return  # undeployed meanwhile
+    model_transition(
+        model_id=model.pk,
+        to_state=ModelState.READY if ready else ModelState.FAILED,
+        expect={ModelState.LOADING},
+        note=note,
     )
 
 
@@ -331,6 +396,12 @@ def model_scale(*, model: DeployedModel, replicas: int) -> DeployedModel:
     ):
         raise InvalidRequest(
             f"replicas must be a whole number from 1 to {MAX_REPLICAS}.", param="replicas"
+        )
+    if model.backend == Backend.OPENAI_COMPATIBLE:
+        raise InvalidRequest(
+            "An upstream deployment has one replica per upstream URL: deploy it again with the "
+            "URLs it should use.",
+            param="replicas",
         )
     with transaction.atomic():
         locked = DeployedModel.objects.select_for_update().get(pk=model.pk)

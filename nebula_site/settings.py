@@ -9,6 +9,7 @@ layer, the local-memory cache and an in-process Redis for the coordination code.
 
 from __future__ import annotations
 
+import base64
 import sys
 from pathlib import Path
 from typing import Any
@@ -88,6 +89,28 @@ NEBULA_MAX_MESSAGE_CHARS = env.int("NEBULA_MAX_MESSAGE_CHARS", 200_000, validate
 DATA_UPLOAD_MAX_MEMORY_SIZE = NEBULA_MAX_BODY_BYTES
 # The benchmark's trivial baseline view (/bench/baseline); off unless `make bench` turns it on.
 NEBULA_BENCH_BASELINE = env.bool("NEBULA_BENCH_BASELINE", False)
+# --- Upstream engines (deployments with the openai-compatible backend) -------------------------
+# Fernet keys that encrypt upstream API keys at rest, comma-separated: the first encrypts, all
+# decrypt (rotation: put a new key first). Empty: one key derived from SECRET_KEY.
+NEBULA_ENCRYPTION_KEYS: list[str] = env.list("NEBULA_ENCRYPTION_KEY", [])
+for _fernet_key in NEBULA_ENCRYPTION_KEYS:
+    try:
+        if len(base64.urlsafe_b64decode(_fernet_key.encode())) != 32:
+            raise ValueError
+    except ValueError:
+        raise ImproperlyConfigured(
+            "NEBULA_ENCRYPTION_KEY holds something that is not a Fernet key (32 url-safe base64 "
+            "bytes; make one with `python -c 'from cryptography.fernet import Fernet; "
+            "print(Fernet.generate_key().decode())'`)."
+        ) from None
+# How often the workers probe every upstream replica (/health, /v1/models, /metrics), and how
+# long one probe may take before the replica counts as down.
+NEBULA_UPSTREAM_PROBE_INTERVAL = env.float("NEBULA_UPSTREAM_PROBE_INTERVAL", 2.0, validate=POSITIVE)
+NEBULA_UPSTREAM_PROBE_TIMEOUT = env.float("NEBULA_UPSTREAM_PROBE_TIMEOUT", 2.0, validate=POSITIVE)
+# How long a new upstream deployment waits for one of its replicas to answer before it fails.
+NEBULA_UPSTREAM_LOAD_TIMEOUT = env.float("NEBULA_UPSTREAM_LOAD_TIMEOUT", 120.0, validate=POSITIVE)
+# Whether worker processes probe the upstreams (one at a time, by a Redis lock).
+NEBULA_WORKER_PROBER = env.bool("NEBULA_WORKER_PROBER", True)
 # Where `bin/run` seeds the demo operator and user.
 NEBULA_OPERATOR_USERNAME = env.str("NEBULA_OPERATOR_USERNAME", "operator")
 NEBULA_OPERATOR_PASSWORD = env.str("NEBULA_OPERATOR_PASSWORD", "")
@@ -347,6 +370,8 @@ LOGGING = {
     "loggers": {
         "django.db.backends": {"level": "INFO"},
         "axes": {"level": "WARNING"},
+        # httpx logs a line per request to an upstream engine (at INFO): noise at load.
+        "httpx": {"level": "WARNING"},
         # Celery's "Task ... received" and "... succeeded" lines, one pair per completion:
         # noise at hundreds of requests a second, and the usage ledger records every request.
         # Failures are still logged (at ERROR).

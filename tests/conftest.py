@@ -157,6 +157,28 @@ def openai_client(live: Stack) -> Any:
     return make
 
 
+# --- Upstream engines (the openai-compatible backend) -----------------------------------------
+
+
+@pytest.fixture
+def engine() -> Iterator[Any]:
+    """A test engine (tests/support/upstream.py) on loopback, in a thread of this process."""
+    from tests.support.upstream import UpstreamServer
+
+    server = UpstreamServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def second_engine() -> Iterator[Any]:
+    from tests.support.upstream import UpstreamServer
+
+    server = UpstreamServer().start()
+    yield server
+    server.stop()
+
+
 def pytest_collection_modifyitems(config: Any, items: list[Any]) -> None:
     # Live-stack tests are slower; run them after the fast ones so failures show up early.
     # Browser tests go last: while the browser is open, its event loop sits on the main thread

@@ -14,19 +14,7 @@ from inference.slots import slots_key, waiting_key
 from inference.workers import WorkerRuntime
 from infra.redis_client import get_redis
 from tests.support.faults import wait_until
-from tests.support.jobs import ReplyListener, make_job, usage_events
-
-
-@pytest.fixture
-def worker():
-    return WorkerRuntime(concurrency=8)
-
-
-@pytest.fixture
-def listener():
-    listening = ReplyListener()
-    yield listening
-    listening.close()
+from tests.support.jobs import make_job, usage_events
 
 
 class VirtualClock:

@@ -20,9 +20,10 @@
       setText(reason, m.failure_reason || "");
       reason.hidden = !m.failure_reason;
     }
-    setText($('[data-f="size"]', row), fmt.decimal(m.params_billions) + "B");
+    setText($('[data-f="size"]', row), m.params_billions ? fmt.decimal(m.params_billions) + "B" : "—");
     const gpus = $('[data-f="gpus"]', row);
-    if (gpus) setText(gpus, `${m.gpus_per_replica} × ${m.gpu_type}`);
+    if (gpus && m.upstream) renderEngines(gpus, m.upstream);
+    else if (gpus) setText(gpus, `${m.gpus_per_replica} × ${m.gpu_type}`);
     const replicas = $('[data-f="replicas"]', row);
     if (replicas) setText(replicas, m.replicas);
     setText($('[data-f="capacity"]', row), m.capacity);
@@ -31,13 +32,35 @@
     if (actions) actions.hidden = !ACTIVE.includes(m.state);
     const scale = $('[data-f="scale"]', row);
     if (scale) {
-      scale.hidden = m.state !== "ready";
+      scale.hidden = m.state !== "ready" || Boolean(m.upstream); // engines: one replica per URL
       const input = $('input[name="replicas"]', scale);
       // Never overwrite what someone is typing.
       if (input && document.activeElement !== input && input.getAttribute("aria-invalid") !== "true") {
         input.value = m.replicas;
       }
     }
+  }
+
+  // An upstream deployment's engines, as templates/dashboard/_replicas.html draws them.
+  function renderEngines(cell, upstream) {
+    const el = (tag, className, text) => {
+      const node = document.createElement(tag);
+      if (className) node.className = className;
+      if (text !== undefined) node.textContent = text;
+      return node;
+    };
+    const head = el("span", "sub", "engine model ");
+    head.append(el("span", "mono", upstream.model || ""));
+    const list = el("ul", "replicas");
+    list.dataset.f = "replicas-list";
+    for (const r of upstream.replicas) {
+      const item = el("li", "replica");
+      item.dataset.health = r.health;
+      item.append(el("span", "dot"), el("span", "mono", r.url), " ", el("span", "sub", r.summary));
+      if (r.error) item.append(el("span", "reason", r.error));
+      list.append(item);
+    }
+    cell.replaceChildren(head, list);
   }
 
   function create(template, m) {
