@@ -27,6 +27,7 @@ from typing import Protocol
 
 import orjson
 import redis
+from django.conf import settings
 from redis.exceptions import NoScriptError
 
 from inference.engine import Generation, Step
@@ -192,21 +193,33 @@ class EngineLoop:
         now = self.clock.monotonic()
         sends: list[tuple[_Sequence, DeltaMessage | None]] = []
         ended: list[_Sequence] = []
+        due = []
         for sequence in self._running:
-            if sequence.next_at > now + _STEP_SLACK:
-                if now >= sequence.next_check:  # in prefill, or between slow tokens
-                    sequence.next_check = now + CHECK_INTERVAL
-                    sends.append((sequence, None))
-                continue
+            if sequence.next_at <= now + _STEP_SLACK:
+                due.append(sequence)
+            elif now + _STEP_SLACK >= sequence.next_check:  # in prefill, or between slow tokens
+                sequence.next_check = now + CHECK_INTERVAL
+                sends.append((sequence, None))
+        # A sequence with no simulated time per token (time scale 0) is always due: it takes
+        # its share of the step's token budget, so that a step (and a newcomer's wait for its
+        # first token) stays short however many run, and each step sends one message per
+        # sequence. A sequence's first token comes alone, at once.
+        share = max(1, settings.NEBULA_ENGINE_STEP_TOKENS // max(len(due), 1))
+        for sequence in due:
+            paced = sequence.step_seconds > 0 or sequence.run.ttft_ms is None
+            tokens = 1 if paced else share
             try:
-                step = next(sequence.steps)
-            except StopIteration:
-                step = None
+                for _ in range(tokens):
+                    step = next(sequence.steps, None)
+                    if step is None:
+                        break
+                    self._advance(sequence, step, now)
+                    if sequence.generation.done:
+                        break
             except Exception as error:
                 sequence.fail(error)
                 continue
-            if step is not None:
-                self._advance(sequence, step, now, sends)
+            self._flush(sequence, now, sends, paced=paced)
             if sequence.generation.done or step is None:
                 if sequence.stream and sequence.outbox.tokens:
                     sends.append((sequence, self._take(sequence)))
@@ -218,13 +231,7 @@ class EngineLoop:
                 sequence.finished.set()
         self._running = [s for s in self._running if not s.finished.is_set()]
 
-    def _advance(
-        self,
-        sequence: _Sequence,
-        step: Step,
-        now: float,
-        sends: list[tuple[_Sequence, DeltaMessage | None]],
-    ) -> None:
+    def _advance(self, sequence: _Sequence, step: Step, now: float) -> None:
         run = sequence.run
         if run.ttft_ms is None:
             run.ttft_ms = (time.time() - run.job["enqueued_at"]) * 1000
@@ -236,18 +243,33 @@ class EngineLoop:
         sequence.next_at = max(sequence.next_at + sequence.step_seconds, now)
         if sequence.stream:
             sequence.outbox.add(step, now)
-            # Send now if the next token is a while off, or enough has piled up. The last
-            # batch goes out when the generation ends.
+
+    def _flush(
+        self,
+        sequence: _Sequence,
+        now: float,
+        sends: list[tuple[_Sequence, DeltaMessage | None]],
+        *,
+        paced: bool,
+    ) -> None:
+        """Queue the sequence's message if it is due (the last batch goes out when its
+        generation ends), or its check-in when it has nothing to send."""
+        if sequence.stream:
+            if sequence.generation.done or not sequence.outbox.tokens:
+                return
+            # Paced tokens: send now if the next token is a while off, or enough has piled
+            # up; a share of a step: send it.
             due = (
-                run.seq == 0
+                not paced
+                or sequence.run.seq == 0
                 or sequence.step_seconds > FLUSH_INTERVAL / 2
                 or sequence.outbox.tokens >= FLUSH_TOKENS
                 or now - sequence.outbox.since >= FLUSH_INTERVAL
             )
-            if due and not sequence.generation.done:
+            if due:
                 sends.append((sequence, self._take(sequence)))
                 sequence.next_check = now + CHECK_INTERVAL
-        elif now >= sequence.next_check:
+        elif now + _STEP_SLACK >= sequence.next_check:
             sequence.next_check = now + CHECK_INTERVAL
             sends.append((sequence, None))
 

@@ -300,19 +300,22 @@ return tokens
 """
 )
 
-# Worker: settle a delivered job whose owner died with it claimed, and whose web process has
-# not taken it over (it is gone too, or it would have within NEBULA_WORKER_TTL). KEYS: job,
-# slots, waiting line, usage stream. ARGV: dead owner, request id, usage record, ttl, sequences.
-# Frees the slots and records the job, once: returns 1 if this call settled it, else 0.
+# Worker: settle a delivered job whose owner died with it claimed and unfinished (running,
+# waiting for a slot, or cancelled by its web process but never ended by its worker), and
+# whose web process has not taken it over (it is gone too, or it would have within
+# NEBULA_WORKER_TTL). KEYS: job, slots, waiting line, usage stream. ARGV: dead owner, request
+# id, usage record, ttl, sequences. Frees the slots and records the job, once: returns 1 if
+# this call settled it, else 0.
 SETTLE_ORPHAN = LuaScript(
     SLOT_MEMBERS_LUA
     + """
 local state = redis.call('HGET', KEYS[1], 'state')
-if (state ~= 'waiting' and state ~= 'running')
+if (state ~= 'waiting' and state ~= 'running' and state ~= 'cancelled')
+    or redis.call('HGET', KEYS[1], 'ended') == '1'
     or redis.call('HGET', KEYS[1], 'worker') ~= ARGV[1] then
   return 0
 end
-redis.call('HSET', KEYS[1], 'state', 'failed')
+redis.call('HSET', KEYS[1], 'state', state == 'cancelled' and 'cancelled' or 'failed', 'ended', '1')
 redis.call('EXPIRE', KEYS[1], ARGV[4])
 redis.call('ZREM', KEYS[2], unpack(slot_members(ARGV[2], tonumber(ARGV[5]))))
 redis.call('ZREM', KEYS[3], ARGV[2])
@@ -320,6 +323,7 @@ redis.call('XADD', KEYS[4], '*', 'd', ARGV[3], 'delivered', '')
 return 1
 """
 )
+
 
 # Worker: send a message if the job is still ours and running, and note how many tokens it has
 # made so far (whoever settles the job for a dead worker bills them). ARGV: reply channel,
@@ -352,7 +356,7 @@ if redis.call('HGET', KEYS[1], 'worker') ~= ARGV[1] then return -1 end
 redis.call('ZREM', KEYS[2], unpack(slot_members(ARGV[2], tonumber(ARGV[8]))))
 local state = redis.call('HGET', KEYS[1], 'state')
 if state ~= 'running' and state ~= 'cancelled' and state ~= 'waiting' then return -1 end
-redis.call('HSET', KEYS[1], 'state', ARGV[3])
+redis.call('HSET', KEYS[1], 'state', ARGV[3], 'ended', '1')
 redis.call('EXPIRE', KEYS[1], ARGV[7])
 local delivered = ''
 if ARGV[6] ~= '' then delivered = redis.call('PUBLISH', ARGV[5], ARGV[6]) end

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import orjson
 import redis
@@ -346,21 +346,26 @@ class JobRun:
     def settle_orphan(self) -> None:
         """A redelivered job whose previous owner died with it (and whose web process did not
         take it over: it is gone too): free its slot and record it once, with the tokens the
-        dead run had made, as lost with its worker."""
+        dead run had made: as lost with its worker, or, if its web process had stopped it (the
+        client left, its key was revoked), as stopped."""
         job = self.job
-        owner_b, tokens_b = self.client.hmget(self.key, ["worker", "tokens"])
+        owner_b, tokens_b, state_b = self.client.hmget(self.key, ["worker", "tokens", "state"])
         if owner_b is None:
             return
         owner = owner_b.decode() if isinstance(owner_b, bytes) else str(owner_b)
         tokens = int(tokens_b or 0)
-        outcome = Outcome(
-            state="failed",
-            status=503,
-            finish_reason="error",
-            completion_tokens=tokens,
-            message=None,
-            error_code="worker_lost",
-        )
+        if state_b == b"cancelled":
+            self.generation = None
+            outcome = replace(self.stopped_outcome(), completion_tokens=tokens)
+        else:
+            outcome = Outcome(
+                state="failed",
+                status=503,
+                finish_reason="error",
+                completion_tokens=tokens,
+                message=None,
+                error_code="worker_lost",
+            )
         model = job["model"]["name"]
         settled = SETTLE_ORPHAN(
             self.client,

@@ -63,8 +63,8 @@ JOB_GONE = -1  # the job no longer wants a slot (abandoned or cancelled while wa
 ALREADY_CLAIMED = -2  # with `claim`: another delivery of this job got there first
 NO_LISTENER = -3  # the slot is taken, but nobody received the start message: the web process
 # that asked is gone, so the job must end (it is `running`, and holds the slot until it does)
-ORPHANED = -4  # with `claim`: the job is claimed by a run whose worker is dead (a redelivery
-# after a crash): it must be settled, not dropped (`inference.jobs.SETTLE_ORPHAN`)
+ORPHANED = -4  # with `claim`: the job is claimed, unfinished, by a run whose worker is dead (a
+# redelivery after a crash): it must be settled, not dropped (`inference.jobs.SETTLE_ORPHAN`)
 
 # KEYS: slots, waiting, waiter leases, job, capacity hash, workers (heartbeats), waiter sizes
 # ARGV: request id, fallback capacity, lease ms, worker id, arrival ms, model name,
@@ -85,9 +85,9 @@ if ARGV[7] == '1' then
     local owner = redis.call('HGET', KEYS[4], 'worker') or ''
     local process = string.match(owner, '^(.*)/') or owner
     local seen = tonumber(redis.call('ZSCORE', KEYS[6], process) or '0')
-    if (state == 'waiting' or state == 'running') and seen < now - tonumber(ARGV[11]) then
-      return -4
-    end
+    local unfinished = state == 'waiting' or state == 'running'
+      or (state == 'cancelled' and redis.call('HGET', KEYS[4], 'ended') ~= '1')
+    if unfinished and seen < now - tonumber(ARGV[11]) then return -4 end
     return -2
   end
   redis.call('HSET', KEYS[4], 'state', 'waiting', 'worker', ARGV[4])

@@ -65,6 +65,9 @@ NEBULA_UNAUTHENTICATED_RPM = env.int("NEBULA_UNAUTHENTICATED_RPM", 60, validate=
 NEBULA_SIM_TIME_SCALE = env.float("NEBULA_SIM_TIME_SCALE", 1.0, validate=NON_NEGATIVE)
 # How long a request may wait for a worker and a GPU slot before it gets 503.
 NEBULA_QUEUE_TIMEOUT = env.float("NEBULA_QUEUE_TIMEOUT", 30.0, validate=POSITIVE)
+# Tokens a worker's engine loop generates per step across the sequences that have no simulated
+# time to wait (time scale 0): bounds a step's length, so a newcomer's wait for its first token.
+NEBULA_ENGINE_STEP_TOKENS = env.int("NEBULA_ENGINE_STEP_TOKENS", 1024, validate=POSITIVE)
 # A worker that has not reported for this long is considered dead.
 NEBULA_WORKER_TTL = env.float("NEBULA_WORKER_TTL", 5.0, validate=POSITIVE)
 NEBULA_HEARTBEAT_INTERVAL = env.float("NEBULA_HEARTBEAT_INTERVAL", 1.0, validate=POSITIVE)

@@ -245,3 +245,48 @@ def test_jobs_lost_with_their_worker_and_their_web_process_are_settled_when_rede
     time.sleep(3)
     ledger_flush()
     assert UsageRecord.objects.filter(request_id__in=request_ids).count() == 3
+
+
+def test_a_stream_its_client_left_is_recorded_even_when_its_worker_dies_before_noticing(
+    faults, alice, make_key, ready_model
+):
+    """The web process stops a stream whose client hung up and leaves its record to the
+    worker running it; that worker freezes before it notices, then dies. The redelivered job
+    is settled by the next worker as what it was: cancelled by its client, tokens billed."""
+    ready_model("slow-one", max_concurrent_seqs=4, **SLOW)
+    _, secret = make_key(alice, rpm_limit=1000)
+    survivor, victim = faults.workers
+    survivor.kill()
+    redis = faults.redis.client()
+    with httpx.stream(
+        "POST",
+        faults.url + "/v1/chat/completions",
+        json=_chat(stream=True, max_tokens=3000),
+        headers={"Authorization": f"Bearer {secret}"},
+        timeout=30,
+    ) as response:
+        request_id = response.headers["x-request-id"]
+        lines = response.iter_lines()
+        for _ in range(6):
+            next(lines)
+        victim.popen.send_signal(signal.SIGSTOP)
+    # The client is gone: its web process marks the job cancelled for the (frozen) worker.
+    wait_until(lambda: jobs_in(redis)[request_id]["state"] == "cancelled", timeout=10)
+    victim.kill()
+    faults.stack.start_worker(
+        concurrency=16,
+        extra_env={"NEBULA_VISIBILITY_TIMEOUT": "2", "NEBULA_UNACKED_RESTORE_INTERVAL": "1"},
+    )
+
+    def recorded():
+        ledger_flush()
+        return UsageRecord.objects.filter(request_id=request_id).first()
+
+    record = wait_until(recorded, timeout=40)
+    assert (record.status, record.error_code, record.finish_reason) == (
+        499,
+        "client_gone",
+        "cancelled",
+    )
+    assert record.completion_tokens > 0
+    assert _slots_in_use(faults) == 0
