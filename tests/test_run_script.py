@@ -292,7 +292,7 @@ def test_a_killed_worker_is_restarted_while_the_web_process_serves_on(tmp_path, 
 
         # The web process answers throughout (200, or 503 naming the workers if the new one
         # is not up before the old one's heartbeat has lapsed).
-        answers: list[int | str] = []
+        answers = []  # status codes, or the error of a request that got no answer
         watching = threading.Event()
 
         def watch_health() -> None:

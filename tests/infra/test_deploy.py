@@ -32,7 +32,7 @@ def _supervised(argv: list[str]) -> str | None:
 
 def _unit(path):
     parser = configparser.ConfigParser(strict=False, interpolation=None)
-    parser.optionxform = str  # type: ignore[assignment,method-assign]
+    parser.optionxform = str
     parser.read(path)
     return parser
 
