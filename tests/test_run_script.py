@@ -13,12 +13,9 @@ import re
 import signal
 import socket
 import sqlite3
-import subprocess
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -27,70 +24,8 @@ import pytest
 
 from tests.support.clients import ChatCall, jobs_in
 from tests.support.faults import RedisServer, wait_until
-from tests.support.stack import ROOT, free_port
-
-PY = str(ROOT / ".venv" / "bin" / "python")
-
-
-@dataclass
-class Run:
-    """One `bin/run` (or `make run`) started by a test, in a session of its own."""
-
-    process: subprocess.Popen[bytes]
-    url: str
-    log: Path
-    env: dict[str, str]
-    run_dir: Path
-    workdir: Path
-    pids_seen: set[int] = field(default_factory=set)
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def supervisorctl(self, *args: str) -> str:
-        config = self.run_dir / "supervisord.conf"
-        argv = [str(ROOT / ".venv" / "bin" / "supervisorctl"), "-c", str(config), *args]
-        return subprocess.run(argv, capture_output=True, text=True, timeout=20).stdout.strip()
-
-    def pid(self, name: str) -> int:
-        """What supervisord says is the pid of one of its processes (0 if it is not running)."""
-        return int(self.supervisorctl("pid", name) or 0)
-
-    def manage(self, *args: str) -> str:
-        done = subprocess.run(
-            [PY, "manage.py", *args],
-            cwd=ROOT,
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=True,
-        )
-        return done.stdout
-
-    def session(self) -> list[str]:
-        """Every process of the session the run started in (supervisord gives each of its
-        processes a process group of its own, but they stay in the session)."""
-        found = subprocess.run(
-            ["pgrep", "-s", str(self.process.pid)], capture_output=True, text=True
-        ).stdout.split()
-        return [pid for pid in found if int(pid) != self.process.pid or self.process.poll() is None]
-
-    def records(self, request_ids: list[str]) -> dict[str, tuple[int, str]]:
-        """request id → (status, error code) of their usage records, straight from the database
-        file the run writes (its worker moves records there)."""
-        with contextlib.closing(sqlite3.connect(self.workdir / "db.sqlite3", timeout=10)) as db:
-            marks = ",".join("?" * len(request_ids))
-            rows = db.execute(
-                f"SELECT request_id, status, error_code FROM telemetry_usagerecord "  # noqa: S608
-                f"WHERE request_id IN ({marks})",
-                request_ids,
-            ).fetchall()
-        found: dict[str, tuple[int, str]] = {}
-        for request_id, status, code in rows:
-            assert request_id not in found, f"two records for {request_id}"
-            found[request_id] = (status, code)
-        return found
+from tests.support.run import Run, run_env, running, start_run
+from tests.support.stack import free_port
 
 
 def start(
@@ -101,65 +36,40 @@ def start(
     port: int | None = None,
     extra_env: dict[str, str] | None = None,
 ) -> Run:
-    port = port or free_port()
-    env = {
+    """bin/run as a newcomer starts it: their environment, a fresh SQLite file."""
+    base = {
         key: value
         for key, value in os.environ.items()
         if not key.startswith(("NEBULA_", "DJANGO_", "DATABASE_URL", "SECRET_KEY"))
     }
-    # A short path: the control socket lives there, and socket paths are limited to 107 bytes.
-    run_dir = Path(tempfile.mkdtemp(prefix="nebula-run-"))
-    env.update(
-        {
-            "PORT": str(port),
-            "REDIS_URL": redis_url,
-            "DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite3'}",
-            "NEBULA_ENV_FILE": str(tmp_path / ".env"),
-            "NEBULA_RUN_DIR": str(run_dir),
-            "NEBULA_SIM_TIME_SCALE": "0",
-            "NEBULA_WORKER_CONCURRENCY": "8",
-            **(extra_env or {}),
-        }
-    )
-    log = tmp_path / f"run-{port}.log"
-    # The child gets its own append-mode handle and we read through the path: a handle shared
-    # with the child shares its file offset, so seeking it to read would make the child's next
-    # line overwrite the start of the log.
-    with log.open("a") as handle:
-        process = subprocess.Popen(
-            list(argv),
-            cwd=ROOT,
-            env=env,
-            stdout=handle,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    return Run(process, f"http://127.0.0.1:{port}", log, env, run_dir, tmp_path)
+    settings = {
+        "PORT": str(port or free_port()),
+        "REDIS_URL": redis_url,
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite3'}",
+        "NEBULA_SIM_TIME_SCALE": "0",
+        "NEBULA_WORKER_CONCURRENCY": "8",
+        **(extra_env or {}),
+    }
+    env = run_env(tmp_path, base, **settings)
+    return start_run(tmp_path, env, argv=argv)
 
 
-def wait_healthy(run: Run, workers: int) -> dict:
-    for _ in range(400):
-        if run.process.poll() is not None:
-            break
-        try:
-            body = httpx.get(run.url + "/health", timeout=2).json()
-            if body["status"] == "ok" and body["checks"]["workers"].get("live", 0) >= workers:
-                return body
-        except (httpx.HTTPError, ValueError):
-            pass
-        time.sleep(0.1)
-    pytest.fail(f"bin/run did not become healthy:\n{run.output()}")
-
-
-def stop(run: Run, *, sig: int = signal.SIGINT, group: bool = True) -> None:
-    """Ctrl-C in the terminal (SIGINT to the foreground process group), or one signal to the
-    one process (what systemd or `kill` does); then nothing of the run may be left."""
-    if group:
-        os.killpg(run.process.pid, sig)
-    else:
-        run.process.send_signal(sig)
-    run.process.wait(timeout=30)
-    wait_until(lambda: run.session() == [], timeout=5)
+def usage_records(run: Run, request_ids: list[str]) -> dict[str, tuple[int, str]]:
+    """request id → (status, error code) of their usage records, straight from the database
+    file the run writes (its worker moves records there)."""
+    path = run.env["DATABASE_URL"].removeprefix("sqlite:///")
+    with contextlib.closing(sqlite3.connect(path, timeout=10)) as db:
+        marks = ",".join("?" * len(request_ids))
+        rows = db.execute(
+            f"SELECT request_id, status, error_code FROM telemetry_usagerecord "  # noqa: S608
+            f"WHERE request_id IN ({marks})",
+            request_ids,
+        ).fetchall()
+    found: dict[str, tuple[int, str]] = {}
+    for request_id, status, code in rows:
+        assert request_id not in found, f"two records for {request_id}"
+        found[request_id] = (status, code)
+    return found
 
 
 @pytest.fixture
@@ -172,24 +82,9 @@ def redis_server() -> Iterator[RedisServer]:
         server.stop()
 
 
-@contextlib.contextmanager
-def running(run: Run) -> Iterator[Run]:
-    """Stop the run whatever the test did, so no test leaves processes behind."""
-    try:
-        yield run
-    finally:
-        if run.process.poll() is None or run.session():
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(run.process.pid, signal.SIGKILL)
-            for pid in run.session():
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(int(pid), signal.SIGKILL)
-        run.process.wait(timeout=10)
-
-
 def test_run_starts_daphne_and_a_worker_and_ctrl_c_stops_both(tmp_path, redis_server):
     with running(start(tmp_path, redis_server.url)) as run:
-        health = wait_healthy(run, workers=1)
+        health = run.wait_healthy(workers=1)
         assert health["mode"] == "distributed"
         text = run.output()
         assert f"Nebula is starting at {run.url}/" in text
@@ -207,24 +102,24 @@ def test_run_starts_daphne_and_a_worker_and_ctrl_c_stops_both(tmp_path, redis_se
             return all(re.search(rf"^{name}\s+RUNNING", status, re.M) for name in ("web", "worker"))
 
         wait_until(both_running, timeout=10)
-        stop(run)
+        run.stop()
     # A second start reuses the data and does not show the key again.
     with running(start(tmp_path, redis_server.url)) as run:
-        wait_healthy(run, workers=1)
+        run.wait_healthy(workers=1)
         text = run.output()
         assert "shown once" not in text and not re.search(r"nb_\w{38}", text)
-        stop(run)
+        run.stop()
 
 
 def test_run_without_redis_serves_everything_from_one_process(tmp_path):
     with running(start(tmp_path, "redis://127.0.0.1:1/0")) as run:
-        health = wait_healthy(run, workers=1)
+        health = run.wait_healthy(workers=1)
         assert health["mode"] == "standalone"
         lines = [line for line in run.output().splitlines() if "Redis is not answering" in line]
         assert len(lines) == 1 and "one process" in lines[0]
         # bin/run became daphne itself: no supervisor, no second process.
         assert len(run.session()) == 1
-        stop(run)
+        run.stop()
 
 
 def test_a_process_that_cannot_start_stops_the_run_with_an_error(tmp_path, redis_server):
@@ -257,7 +152,7 @@ def test_a_killed_worker_is_restarted_while_the_web_process_serves_on(tmp_path, 
     }
     argv = ("make", "--no-print-directory", "run")
     with running(start(tmp_path, redis_server.url, argv=argv, extra_env=extra)) as run:
-        wait_healthy(run, workers=1)
+        run.wait_healthy(workers=1)
         secret = run.manage("createapikey", "--user", "demo", "--name", "fast", "--rpm", "6000")
         secret = secret.split()[-1]
         admin = run.manage("createapikey", "--user", "operator", "--name", "ops", "--admin")
@@ -313,7 +208,7 @@ def test_a_killed_worker_is_restarted_while_the_web_process_serves_on(tmp_path, 
         restarted = wait_until(
             lambda: run.pid("worker") not in (0, worker) and run.pid("worker"), timeout=30
         )
-        wait_healthy(run, workers=1)
+        run.wait_healthy(workers=1)
         watching.set()
         watcher.join(10)
         assert run.pid("web") == web, "the web process was restarted"
@@ -345,7 +240,7 @@ def test_a_killed_worker_is_restarted_while_the_web_process_serves_on(tmp_path, 
         # Exactly one usage record per request, saying what its client saw.
         ids = [call.request_id for call in calls] + [after_id]
         records = wait_until(
-            lambda: (found := run.records(ids)) and len(found) == 21 and found, timeout=45
+            lambda: (found := usage_records(run, ids)) and len(found) == 21 and found, timeout=45
         )
         for call in lost:
             assert records[call.request_id] == (503, "worker_lost")
@@ -354,5 +249,5 @@ def test_a_killed_worker_is_restarted_while_the_web_process_serves_on(tmp_path, 
         assert records[after_id] == (200, "")
 
         # SIGTERM to make alone (as `kill` or a service manager sends it): everything stops.
-        stop(run, sig=signal.SIGTERM, group=False)
+        run.stop(sig=signal.SIGTERM, group=False)
         assert "exited: worker (terminated by SIGKILL; not expected)" in run.output()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -112,29 +112,37 @@ def fault_stack(django_db_setup: Any, django_db_blocker: Any) -> Iterator[FaultS
         yield stack
 
 
-@pytest.fixture
-def faults(fault_stack: FaultStack, transactional_db: Any) -> Iterator[FaultStack]:
-    """The private stack, with this test process pointed at its Redis (keys and models created
-    in the test reach its web processes; ledger_flush reads its usage stream)."""
+@contextlib.contextmanager
+def pointed_at(redis_server: RedisServer, revive: Callable[[], None]) -> Iterator[None]:
+    """This test process pointed at a private stack's Redis (keys and models created in the
+    test reach its web processes; ledger_flush reads its usage stream). Afterwards the stack is
+    revived, the test's records are moved into the database and nothing of its jobs, limits or
+    records survives into the next test."""
     from django.conf import settings
 
     from infra import redis_client
     from infra.epoch import epoch_bump, observe_epoch
     from telemetry.ledger import ledger_flush
 
-    fault_stack.revive()
     shared_url = settings.REDIS_URL
-    settings.REDIS_URL = fault_stack.redis.url
+    settings.REDIS_URL = redis_server.url
     redis_client.reset_clients()
     observe_epoch(f"test-{uuid.uuid4().hex}")
     try:
-        yield fault_stack
-        fault_stack.revive()
+        yield
+        revive()
         ledger_flush()
         epoch_bump()
     finally:
-        # Nothing of this test's jobs, limits or records survives into the next one.
         with contextlib.suppress(Exception):
-            fault_stack.redis.client().flushall()
+            redis_server.client().flushall()
         settings.REDIS_URL = shared_url
         redis_client.reset_clients()
+
+
+@pytest.fixture
+def faults(fault_stack: FaultStack, transactional_db: Any) -> Iterator[FaultStack]:
+    """The private stack, with this test process pointed at its Redis."""
+    fault_stack.revive()
+    with pointed_at(fault_stack.redis, fault_stack.revive):
+        yield fault_stack

@@ -1,6 +1,7 @@
-"""Soak: a bounded mixed load on the private stack while a worker is killed and Redis crashes
-and restarts once. Every request must get a well-formed answer, leave exactly one usage record,
-and the processes' memory must stay flat.
+"""Soak: a bounded mixed load on the default layout, `bin/run` (supervisord running the
+Procfile's web process and worker) on a private Redis, while the worker is killed (supervisord
+starts it again) and Redis crashes and restarts once. Every request must get a well-formed
+answer, leave exactly one usage record, and the processes' memory must stay flat.
 
 The load runs NEBULA_SOAK_SECONDS (20 in CI). The long form, a few minutes:
 
@@ -13,8 +14,10 @@ not yet moved to the database (see docs/RELIABILITY.md).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
+import signal
 import threading
 import time
 from collections import Counter
@@ -27,9 +30,11 @@ import pytest
 
 from telemetry.ledger import ledger_flush
 from telemetry.models import UsageRecord
-from tests.reliability.conftest import SLOW, FaultStack, running_fault_stack
+from tests.conftest import live_env
+from tests.reliability.conftest import FAULT_ENV, SLOW, pointed_at
 from tests.support.clients import ChatCall
 from tests.support.faults import RedisServer, rss_kb, wait_until
+from tests.support.run import Run, run_env, running, start_run
 
 SECONDS = float(os.environ.get("NEBULA_SOAK_SECONDS", "20"))
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(SECONDS * 2 + 180)]
@@ -40,10 +45,48 @@ HELLO = [{"role": "user", "content": "Tell me about GPUs."}]
 RSS_GROWTH_KB = 40 * 1024
 
 
+@dataclass
+class Supervised:
+    run: Run
+    redis: RedisServer
+
+    def live_workers(self) -> int:
+        with contextlib.suppress(httpx.HTTPError, ValueError, KeyError):
+            return int(self.run.health()["checks"]["workers"].get("live", 0))
+        return 0
+
+    def revive(self) -> None:
+        if self.redis.proc is None or self.redis.proc.poll() is not None:
+            self.redis.start()
+        wait_until(lambda: self.live_workers() == 1, timeout=30)
+
+
 @pytest.fixture(scope="module")
-def fault_stack(django_db_setup: Any, django_db_blocker: Any) -> Iterator[FaultStack]:
-    with running_fault_stack(RedisServer(persistent=True), django_db_blocker) as stack:
-        yield stack
+def supervised_stack(
+    django_db_setup: Any, django_db_blocker: Any, tmp_path_factory: Any
+) -> Iterator[Supervised]:
+    """bin/run on the test database and a private Redis, with the fault tests' short timings
+    (live_env: the test process moves usage records into the database itself)."""
+    redis = RedisServer(persistent=True)
+    redis.start()
+    workdir = tmp_path_factory.mktemp("soak")
+    with django_db_blocker.unblock():
+        base = live_env({"NEBULA_TEST_REDIS_URL": redis.url, **FAULT_ENV})
+    env = run_env(workdir, base, NEBULA_WORKER_CONCURRENCY="16")
+    try:
+        with running(start_run(workdir, env)) as run:
+            run.wait_healthy(workers=1)
+            yield Supervised(run=run, redis=redis)
+            run.stop()
+    finally:
+        redis.stop()
+
+
+@pytest.fixture
+def supervised(supervised_stack: Supervised, transactional_db: Any) -> Iterator[Supervised]:
+    supervised_stack.revive()
+    with pointed_at(supervised_stack.redis, supervised_stack.revive):
+        yield supervised_stack
 
 
 @dataclass
@@ -94,13 +137,13 @@ def _client(urls: list[str], secrets: list[str], seed: int, until: float, tally:
         time.sleep(rng.random() * 0.05)
 
 
-def _rss(faults: FaultStack) -> dict[int, int]:
-    procs = [*faults.stack.webs, *faults.workers]
-    return {proc.popen.pid: rss_kb(proc.popen.pid) for proc in procs if proc.alive()}
+def _rss(stack: Supervised) -> dict[int, int]:
+    pids = [stack.run.pid("web"), stack.run.pid("worker")]
+    return {pid: rss_kb(pid) for pid in pids if pid}
 
 
 def test_mixed_load_through_a_worker_kill_and_a_redis_crash(
-    faults, alice, bob, make_key, ready_model
+    supervised, alice, bob, make_key, ready_model
 ):
     ready_model("nebula-7b", replicas=2, max_concurrent_seqs=16)
     ready_model("slow-one", max_concurrent_seqs=8, **SLOW)
@@ -115,26 +158,26 @@ def test_mixed_load_through_a_worker_kill_and_a_redis_crash(
     started = time.monotonic()
     until = started + SECONDS
     threads = [
-        threading.Thread(target=_client, args=(faults.urls, secrets, seed, until, tally))
+        threading.Thread(target=_client, args=([supervised.run.url], secrets, seed, until, tally))
         for seed in range(CLIENTS)
     ]
     for thread in threads:
         thread.start()
 
     time.sleep(SECONDS / 3)
-    baseline = _rss(faults)
-    victim = faults.workers[0]
-    victim.kill()
-    faults.start_worker()
+    baseline = _rss(supervised)
+    victim = supervised.run.pid("worker")
+    os.kill(victim, signal.SIGKILL)  # supervisord starts it again
     time.sleep(SECONDS / 3)
-    faults.redis.kill()
+    supervised.redis.kill()
     time.sleep(1)
-    faults.redis.start()
+    supervised.redis.start()
 
     for thread in threads:
         thread.join(SECONDS + 90)
         assert not thread.is_alive(), "a client got no answer"
-    final = _rss(faults)
+    final = _rss(supervised)
+    assert supervised.run.pid("worker") not in (0, victim), "the worker was not restarted"
 
     # Every answer is well formed, and the load did what it should.
     statuses = Counter()
@@ -145,7 +188,7 @@ def test_mixed_load_through_a_worker_kill_and_a_redis_crash(
     assert tally.sent == len(tally.calls) + len(tally.disconnected)
 
     # Exactly one record per request, and what it says matches what the client saw.
-    wait_until(lambda: faults.live_workers() == 2, timeout=30)
+    wait_until(lambda: supervised.live_workers() == 1, timeout=30)
     ledger_flush(timeout=30)
     records = {
         r.request_id: r for r in UsageRecord.objects.filter(api_key__in=[k for k, _ in keys])
