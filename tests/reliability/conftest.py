@@ -13,6 +13,7 @@ import logging
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -20,6 +21,7 @@ import pytest
 
 from tests.conftest import live_env
 from tests.support.faults import RedisServer, wait_until
+from tests.support.run import Run, run_env, running, start_run
 from tests.support.stack import Proc, Stack
 
 logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per poll otherwise
@@ -146,3 +148,48 @@ def faults(fault_stack: FaultStack, transactional_db: Any) -> Iterator[FaultStac
     fault_stack.revive()
     with pointed_at(fault_stack.redis, fault_stack.revive):
         yield fault_stack
+
+
+@dataclass
+class Supervised:
+    """The default layout (bin/run: supervisord running the Procfile's web process and worker)
+    on the test database and a private Redis."""
+
+    run: Run
+    redis: RedisServer
+
+    def live_workers(self) -> int:
+        with contextlib.suppress(httpx.HTTPError, ValueError, KeyError):
+            return int(self.run.health()["checks"]["workers"].get("live", 0))
+        return 0
+
+    def revive(self) -> None:
+        if self.redis.proc is None or self.redis.proc.poll() is not None:
+            self.redis.start()
+        wait_until(lambda: self.live_workers() == 1, timeout=30)
+
+
+@contextlib.contextmanager
+def running_supervised(
+    redis_server: RedisServer, django_db_blocker: Any, workdir: Path, settings: dict[str, str]
+) -> Iterator[Supervised]:
+    """Start `redis_server` and bin/run on it with `settings` over the live stack's (so the
+    test process moves usage records into the database itself); stop both afterwards."""
+    redis_server.start()
+    with django_db_blocker.unblock():
+        base = live_env({"NEBULA_TEST_REDIS_URL": redis_server.url, **settings})
+    try:
+        with running(start_run(workdir, run_env(workdir, base))) as run:
+            run.wait_healthy(workers=1)
+            yield Supervised(run=run, redis=redis_server)
+            run.stop()
+    finally:
+        redis_server.stop()
+
+
+@contextlib.contextmanager
+def supervised_test(stack: Supervised) -> Iterator[None]:
+    """One test on a supervised stack, as `faults` is for the fault stack."""
+    stack.revive()
+    with pointed_at(stack.redis, stack.revive):
+        yield

@@ -14,7 +14,6 @@ not yet moved to the database (see docs/RELIABILITY.md).
 
 from __future__ import annotations
 
-import contextlib
 import os
 import random
 import signal
@@ -30,11 +29,15 @@ import pytest
 
 from telemetry.ledger import ledger_flush
 from telemetry.models import UsageRecord
-from tests.conftest import live_env
-from tests.reliability.conftest import FAULT_ENV, SLOW, pointed_at
+from tests.reliability.conftest import (
+    FAULT_ENV,
+    SLOW,
+    Supervised,
+    running_supervised,
+    supervised_test,
+)
 from tests.support.clients import ChatCall
 from tests.support.faults import RedisServer, rss_kb, wait_until
-from tests.support.run import Run, run_env, running, start_run
 
 SECONDS = float(os.environ.get("NEBULA_SOAK_SECONDS", "20"))
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(SECONDS * 2 + 180)]
@@ -45,47 +48,22 @@ HELLO = [{"role": "user", "content": "Tell me about GPUs."}]
 RSS_GROWTH_KB = 40 * 1024
 
 
-@dataclass
-class Supervised:
-    run: Run
-    redis: RedisServer
-
-    def live_workers(self) -> int:
-        with contextlib.suppress(httpx.HTTPError, ValueError, KeyError):
-            return int(self.run.health()["checks"]["workers"].get("live", 0))
-        return 0
-
-    def revive(self) -> None:
-        if self.redis.proc is None or self.redis.proc.poll() is not None:
-            self.redis.start()
-        wait_until(lambda: self.live_workers() == 1, timeout=30)
-
-
 @pytest.fixture(scope="module")
 def supervised_stack(
     django_db_setup: Any, django_db_blocker: Any, tmp_path_factory: Any
 ) -> Iterator[Supervised]:
-    """bin/run on the test database and a private Redis, with the fault tests' short timings
-    (live_env: the test process moves usage records into the database itself)."""
-    redis = RedisServer(persistent=True)
-    redis.start()
-    workdir = tmp_path_factory.mktemp("soak")
-    with django_db_blocker.unblock():
-        base = live_env({"NEBULA_TEST_REDIS_URL": redis.url, **FAULT_ENV})
-    env = run_env(workdir, base, NEBULA_WORKER_CONCURRENCY="16")
-    try:
-        with running(start_run(workdir, env)) as run:
-            run.wait_healthy(workers=1)
-            yield Supervised(run=run, redis=redis)
-            run.stop()
-    finally:
-        redis.stop()
+    with running_supervised(
+        RedisServer(persistent=True),
+        django_db_blocker,
+        tmp_path_factory.mktemp("soak"),
+        {**FAULT_ENV, "NEBULA_WORKER_CONCURRENCY": "16"},
+    ) as stack:
+        yield stack
 
 
 @pytest.fixture
 def supervised(supervised_stack: Supervised, transactional_db: Any) -> Iterator[Supervised]:
-    supervised_stack.revive()
-    with pointed_at(supervised_stack.redis, supervised_stack.revive):
+    with supervised_test(supervised_stack):
         yield supervised_stack
 
 
