@@ -36,7 +36,9 @@ from supervisor import childutils
 # How supervisord runs each process. A process counts as started once it has lived
 # START_SECONDS; one that dies sooner is retried START_RETRIES times (1 s, 2 s, ... apart) and
 # then given up (FATAL). A process that dies after it started is restarted at once, every time.
-START_SECONDS = 3
+# Generous: on a busy machine daphne spends several seconds importing Django before it even
+# tries its port (measured: over 3 s, which made a taken port a restart loop, never FATAL).
+START_SECONDS = 10
 START_RETRIES = 3
 # The listener's note that it gave up on a process (so `run` exits with an error).
 GAVE_UP = "gave-up"

@@ -101,7 +101,7 @@ def test_run_starts_daphne_and_a_worker_and_ctrl_c_stops_both(tmp_path, redis_se
             status = run.supervisorctl("status")
             return all(re.search(rf"^{name}\s+RUNNING", status, re.M) for name in ("web", "worker"))
 
-        wait_until(both_running, timeout=10)
+        wait_until(both_running, timeout=30)  # RUNNING once up for START_SECONDS
         run.stop()
     # A second start reuses the data and does not show the key again.
     with running(start(tmp_path, redis_server.url)) as run:
@@ -122,14 +122,16 @@ def test_run_without_redis_serves_everything_from_one_process(tmp_path):
         run.stop()
 
 
+@pytest.mark.timeout(240)
 def test_a_process_that_cannot_start_stops_the_run_with_an_error(tmp_path, redis_server):
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
         with running(start(tmp_path, redis_server.url, port=port)) as run:
-            # supervisord retries the web process a few times, gives up, and stops the rest.
-            run.process.wait(timeout=60)
+            # supervisord retries the web process a few times, gives up, and stops the rest
+            # (a fresh database is migrated first: a minute or more on a busy machine).
+            run.process.wait(timeout=180)
             assert run.process.returncode != 0
             text = run.output()
             assert "Address already in use" in text
