@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import datetime as dt
 import json
+import logging
 import os
 import platform
 import secrets
@@ -23,7 +24,15 @@ from typing import Any
 
 from bench import micro
 from bench.http1 import Connection
-from bench.report import Row, fmt, markdown, render
+from bench.report import Row, fmt, markdown, markdown_table, render, render_table
+from bench.scale import (
+    DEFAULT_LAYOUTS,
+    SCALE_COLUMNS,
+    Layout,
+    cores_busy,
+    parse_layouts,
+    scale_cells,
+)
 from bench.sse import check_stream
 from bench.stack import ROOT, Stack, allowed_cpus, cpu_seconds, free_port, pinning, rss_kib
 from bench.stats import growth, ratio, summarize
@@ -200,8 +209,6 @@ async def streaming(
     client = Client("127.0.0.1", stack.port, streams)
     single = Connection("127.0.0.1", stack.port)
     out: dict[str, Any] = {"streams": streams, "rounds": rounds, "tokens_per_stream": stream_tokens}
-    results: list[StreamResult] = []
-    expected: list[str | None] = []
     try:
         # One stream at a time, alternating with the baseline: what the gateway adds before
         # the first token when nothing else is going on.
@@ -227,16 +234,9 @@ async def streaming(
             ttfb += [r.ttft_ms for r in base if r.ttft_ms is not None and r.status == 200]
         out["baseline_ttfb_ms"] = summarize(ttfb)
 
-        await client.round(
-            path, headers, [stream_body(100_000 + i, stream_tokens) for i in range(streams)]
+        results, expected, walls = await bursts(
+            client, headers, streams=streams, rounds=rounds, stream_tokens=stream_tokens
         )
-        walls: list[float] = []
-        for index in range(rounds):
-            bodies = [stream_body(index * streams + i, stream_tokens) for i in range(streams)]
-            expected += await client.texts(path, headers, bodies)
-            batch, wall = await client.round(path, headers, bodies)
-            results += batch
-            walls.append(wall)
     finally:
         await client.close()
         await single.close()
@@ -248,6 +248,97 @@ async def streaming(
         tokens_per_second=out["tokens_delivered"] / sum(walls),
     )
     return out
+
+
+async def bursts(
+    client: Client, headers: dict[str, str], *, streams: int, rounds: int, stream_tokens: int
+) -> tuple[list[StreamResult], list[str | None], list[float]]:
+    """A warm-up round, then `rounds` rounds of `streams` streams started at once, each after
+    the same requests without streaming (the texts the streams must add up to). Returns the
+    rounds' results, their expected texts and each round's wall time."""
+    path = "/v1/chat/completions"
+    await client.round(
+        path, headers, [stream_body(100_000 + i, stream_tokens) for i in range(streams)]
+    )
+    results: list[StreamResult] = []
+    expected: list[str | None] = []
+    walls: list[float] = []
+    for index in range(rounds):
+        bodies = [stream_body(index * streams + i, stream_tokens) for i in range(streams)]
+        expected += await client.texts(path, headers, bodies)
+        batch, wall = await client.round(path, headers, bodies)
+        results += batch
+        walls.append(wall)
+    return results, expected, walls
+
+
+def scale_out(
+    *,
+    env: dict[str, str],
+    port: int,
+    log_dir: Path,
+    secret: str,
+    layouts: list[Layout],
+    seconds: float,
+    streams: int,
+    rounds: int,
+    stream_tokens: int,
+    say: Any,
+) -> list[dict[str, Any]]:
+    """Scenario 6: each layout in turn, behind HAProxy, unpinned (there are more processes
+    than cores): non-streaming throughput at concurrency 50 with the cores the stack kept busy
+    meanwhile, then bursts of streams (time to first token, tokens/s, every stream checked)."""
+    body = json.dumps(completion_body())
+    headers = {"Content-Type": "application/json", "Authorization": f"Bearer {secret}"}
+    script = lua_script(method="POST", headers=headers, body=body)
+    url = f"http://127.0.0.1:{port}/v1/chat/completions"
+    out: list[dict[str, Any]] = []
+    for layout in layouts:
+        say(f"7. {layout.label}")
+        stack = Stack(
+            env=env,
+            port=port,
+            log_dir=log_dir / f"scale-{layout.key}",
+            webs=layout.webs,
+            workers=layout.workers,
+            balancer=True,
+        )
+        try:
+            stack.start()
+            run_wrk(url, connections=50, seconds=2, script=script)  # warm every process
+            before = sum(cpu_seconds(proc.pid) for proc in stack.procs)
+            c50 = run_wrk(url, connections=50, seconds=seconds, script=script)
+            used = sum(cpu_seconds(proc.pid) for proc in stack.procs) - before
+            streamed = asyncio.run(
+                scale_streams(stack, headers, streams=streams, rounds=rounds, tokens=stream_tokens)
+            )
+        finally:
+            stack.stop()
+        out.append(
+            {
+                "layout": layout.key,
+                "label": layout.label,
+                "cpus": os.cpu_count() or 1,
+                "c50": c50.as_dict(),
+                "cores_busy": cores_busy(used, c50.seconds),
+                "streaming": streamed,
+            }
+        )
+    return out
+
+
+async def scale_streams(
+    stack: Stack, headers: dict[str, str], *, streams: int, rounds: int, tokens: int
+) -> dict[str, Any]:
+    client = Client("127.0.0.1", stack.port, streams)
+    try:
+        results, expected, walls = await bursts(
+            client, headers, streams=streams, rounds=rounds, stream_tokens=tokens
+        )
+    finally:
+        await client.close()
+    checked = check_streams(results, expected, stream_tokens=tokens)
+    return {**checked, "tokens_per_second": checked["tokens_delivered"] / sum(walls)}
 
 
 def check_streams(
@@ -518,11 +609,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=20_000, help="memory scenario (5)")
     parser.add_argument("--engine-streams", type=int, default=32, help="streams at once (6)")
     parser.add_argument("--engine-rounds", type=int, default=5, help="rounds of streams (6)")
-    parser.add_argument("--only", default="1,2,3,4,5,6", help="scenarios to run, e.g. 1,2")
+    parser.add_argument("--only", default="1,2,3,4,5,6,7", help="scenarios to run, e.g. 1,2")
+    parser.add_argument(
+        "--layouts",
+        default=DEFAULT_LAYOUTS,
+        help="scale-out layouts (7), WEBSxWORKERS, e.g. 1x1,2x4",
+    )
+    parser.add_argument(
+        "--scale-streams", type=int, default=100, help="concurrent streams per burst (7)"
+    )
+    parser.add_argument("--scale-rounds", type=int, default=3, help="bursts per layout (7)")
     parser.add_argument("--keep", action="store_true", help="keep the database and server logs")
     parser.add_argument("--out", type=Path, default=RESULTS, help="where results go")
     args = parser.parse_args(argv)
     only = set(args.only.split(","))
+    try:
+        layouts = parse_layouts(args.layouts)
+    except ValueError as error:
+        parser.error(str(error))
 
     started = time.time()
     redis_url = os.environ.get("NEBULA_BENCH_REDIS_URL", DEFAULT_REDIS_URL)
@@ -530,6 +634,7 @@ def main(argv: list[str] | None = None) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="nebula-bench-"))
     env = configure(redis_url, workdir / "bench.sqlite3")
     key_id, secret = prepare_data()
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per health poll otherwise
     web_cpus, worker_cpus, load_cpus = pinning(os.cpu_count() or 1, not args.no_pin)
     stack = Stack(
         env=env, port=port, log_dir=workdir / "logs", web_cpus=web_cpus, worker_cpus=worker_cpus
@@ -543,8 +648,9 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"Nebula benchmark: servers on port {port}, Redis {redis_url}, logs in {workdir}/logs")
     try:
-        stack.start()
-        cpus_seen = {p.name: allowed_cpus(p.pid) for p in stack.procs}
+        if only & {"1", "2", "3", "4", "5", "6"}:
+            stack.start()
+            cpus_seen = {p.name: allowed_cpus(p.pid) for p in stack.procs}
         if only & {"1", "2", "5"}:  # the wrk scenarios (6 warms up its own way)
             say("warming up")
             wrk_pair(stack, secret, connections=50, seconds=3, cpus=load_cpus)
@@ -585,6 +691,20 @@ def main(argv: list[str] | None = None) -> int:
         if "6" in only:
             say(f"6. in front of an engine: direct and through Nebula ({args.seconds:g} s a side)")
             results["upstream"] = engine_scenario(stack, secret, args)
+        stack.stop()
+        if "7" in only:
+            results["scale"] = scale_out(
+                env=env,
+                port=port,
+                log_dir=workdir / "logs",
+                secret=secret,
+                layouts=layouts,
+                seconds=args.seconds,
+                streams=args.scale_streams,
+                rounds=args.scale_rounds,
+                stream_tokens=args.stream_tokens,
+                say=say,
+            )
     except BaseException:
         print(f"the benchmark failed; server logs are in {workdir}/logs", file=sys.stderr)
         raise
@@ -610,7 +730,7 @@ def main(argv: list[str] | None = None) -> int:
         f"on {load_cpus or 'any CPU'}; Redis not pinned"
         if web_cpus is not None
         else "nothing pinned"
-    )
+    ) + (" (scenarios 1-6; 7 is never pinned)" if "scale" in results else "")
     header = [
         f"Nebula benchmark, {meta['date']}, commit {meta['commit']}, {meta['cpus']} CPUs, "
         f"load {meta['load_average_before'][0]} → {meta['load_average_after'][0]}, "
@@ -618,13 +738,25 @@ def main(argv: list[str] | None = None) -> int:
         pin_note,
     ]
     print()
-    print(render(rows, header))
+    print(render(rows, header) if rows else "\n".join(header[:1]))
     document = {
         "meta": meta,
         "results": results,
         "table": [row.as_dict() for row in rows],
         "markdown": markdown(rows),
     }
+    if "scale" in results:
+        cells = scale_cells(results["scale"])
+        streams = results["scale"][0]["streaming"]["streams_checked"] // max(args.scale_rounds, 1)
+        print()
+        bursts_said = "1 burst" if args.scale_rounds == 1 else f"{args.scale_rounds} bursts"
+        print(
+            f"7. Scale-out, everything behind HAProxy, nothing pinned; c=50 non-streaming for "
+            f"{args.seconds:g} s, then {bursts_said} of {streams} streams of "
+            f"{args.stream_tokens} tokens at once"
+        )
+        print(render_table(SCALE_COLUMNS, cells))
+        document["scale_markdown"] = markdown_table(SCALE_COLUMNS, cells)
     args.out.mkdir(parents=True, exist_ok=True)
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
     for name in ("latest.json", f"{stamp}.json"):

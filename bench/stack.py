@@ -1,5 +1,6 @@
-"""The system under test: one daphne web process and one Celery worker process, started from this
-checkout against the benchmark's own SQLite file and Redis database, optionally pinned to cores."""
+"""The system under test: daphne web processes and Celery worker processes (one of each, except
+in the scale-out scenario), started from this checkout against the benchmark's own SQLite file
+and Redis database, optionally pinned to cores."""
 
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ from pathlib import Path
 
 import httpx
 
+from bench.scale import haproxy_config
+
 ROOT = Path(__file__).resolve().parent.parent
 _APP = ("nebula_site.asgi:application",)
 
@@ -29,9 +32,9 @@ def port_is_free(port: int) -> bool:
         return True
 
 
-def free_port(first: int, last: int) -> int:
+def free_port(first: int, last: int, *, taken: set[int] | None = None) -> int:
     for port in range(first, last + 1):
-        if port_is_free(port):
+        if port not in (taken or set()) and port_is_free(port):
             return port
     raise RuntimeError(f"no free port in {first}-{last}")
 
@@ -81,12 +84,19 @@ class Proc:
 
 @dataclass
 class Stack:
+    """`webs` daphne processes and `workers` Celery workers. With one web process it listens on
+    `port` itself; with `balancer`, HAProxy listens there and the web processes on free ports
+    of their own (scenario 7)."""
+
     env: dict[str, str]
     port: int
     log_dir: Path
     web_cpus: str | None = None
     worker_cpus: str | None = None
     worker_concurrency: int = 128
+    webs: int = 1
+    workers: int = 1
+    balancer: bool = False
     procs: list[Proc] = field(default_factory=list)
 
     @property
@@ -99,26 +109,40 @@ class Stack:
 
     @property
     def worker(self) -> Proc:
-        return self.procs[1]
+        return self.procs[self.webs]
 
     def start(self) -> None:
         python = sys.executable
+        web_ports = [self.port]
+        if self.balancer:
+            taken = {self.port}
+            web_ports = []
+            for _ in range(self.webs):
+                web_ports.append(free_port(self.port + 1, self.port + 200, taken=taken))
+                taken.add(web_ports[-1])
         # The same command lines as the Procfile (daphne's default access log included), so the
         # figures describe the layout `make run` starts.
-        self._spawn(
-            "web",
-            [python, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port), *_APP],
-            self.web_cpus,
-        )
-        self._spawn(
-            "worker",
-            [
-                *(python, "-m", "celery", "-A", "nebula_site", "worker", "--pool", "threads"),
-                *("--concurrency", str(self.worker_concurrency), "--loglevel", "INFO"),
-                *("--without-gossip", "--without-mingle", "-n", f"bench-{os.getpid()}@%h"),
-            ],
-            self.worker_cpus,
-        )
+        for index, web_port in enumerate(web_ports):
+            self._spawn(
+                "web" if self.webs == 1 else f"web-{index + 1}",
+                [python, "-m", "daphne", "-b", "127.0.0.1", "-p", str(web_port), *_APP],
+                self.web_cpus,
+            )
+        for index in range(self.workers):
+            self._spawn(
+                "worker" if self.workers == 1 else f"worker-{index + 1}",
+                [
+                    *(python, "-m", "celery", "-A", "nebula_site", "worker", "--pool", "threads"),
+                    *("--concurrency", str(self.worker_concurrency), "--loglevel", "INFO"),
+                    *("--without-gossip", "--without-mingle"),
+                    *("-n", f"bench-{os.getpid()}-{index}@%h"),
+                ],
+                self.worker_cpus,
+            )
+        if self.balancer:
+            config = self.log_dir / "haproxy.cfg"
+            config.write_text(haproxy_config(port=self.port, backends=web_ports))
+            self._spawn("haproxy", [haproxy_binary(), "-db", "-f", str(config)], None)
         self._wait_ready()
 
     def _spawn(self, name: str, argv: list[str], cpus: str | None) -> None:
@@ -137,18 +161,20 @@ class Stack:
             )
         self.procs.append(Proc(name=name, popen=popen, log=log, cpus=cpus))
 
-    def _wait_ready(self, timeout: float = 60.0) -> None:
-        """Until /health says the database, Redis and one worker are fine."""
+    def _wait_ready(self, timeout: float = 90.0) -> None:
+        """Until /health (through the balancer, if any) says the database and Redis are fine
+        and exactly our workers are alive."""
         deadline = time.monotonic() + timeout
         last = ""
         while time.monotonic() < deadline:
             for proc in self.procs:
                 if not proc.alive():
                     raise RuntimeError(f"{proc.name} exited:\n{proc.tail()}")
-            with contextlib.suppress(httpx.HTTPError, ValueError):
+            with contextlib.suppress(httpx.HTTPError, ValueError, KeyError):
                 response = httpx.get(self.url + "/health", timeout=2)
                 last = response.text
-                if response.status_code == 200:
+                live = response.json()["checks"]["workers"].get("live", 0)
+                if response.status_code == 200 and live == self.workers:
                     return
             time.sleep(0.2)
         raise RuntimeError(f"the stack did not become healthy: {last}\n{self.web.tail()}")
@@ -164,6 +190,15 @@ class Stack:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, signal.SIGKILL)
                 proc.popen.wait(timeout=5)
+
+
+def haproxy_binary() -> str:
+    found = shutil.which("haproxy") or (
+        "/usr/sbin/haproxy" if Path("/usr/sbin/haproxy").exists() else None
+    )
+    if found is None:
+        raise RuntimeError("haproxy is not installed: `apt-get install haproxy` (make bench does)")
+    return found
 
 
 def pinning(cpu_count: int, enabled: bool) -> tuple[str | None, str | None, str | None]:

@@ -1,9 +1,10 @@
 """Admitting a request at the gateway: one Lua script, one round trip to Redis.
 
 The script (1) confirms that the caches the caller answered from are current (the epoch, see
-`infra.epoch`), (2) checks that a worker is alive when the request needs one, (3) charges the
-key's rate limits (GCRA, see `keys.ratelimit`), and (4) enqueues the job, all or nothing: a
-request is never queued without being charged, nor charged for a job that was not queued.
+`infra.epoch`), (2) checks that a worker is alive when the request needs one (or that Redis
+restarted too recently for their heartbeats to be back), (3) charges the key's rate limits
+(GCRA, see `keys.ratelimit`), and (4) enqueues the job, all or nothing: a request is never
+queued without being charged, nor charged for a job that was not queued.
 """
 
 from __future__ import annotations
@@ -30,7 +31,15 @@ end
 if epoch ~= ARGV[1] then return {'stale', epoch} end
 local worker_ttl = tonumber(ARGV[5])
 if worker_ttl > 0 and redis.call('ZCOUNT', KEYS[4], now - worker_ttl, '+inf') == 0 then
-  return {'no_workers', epoch}
+  -- No heartbeat within the TTL. If Redis itself has been up for less than that, the workers
+  -- have not had the time to beat: a restarted Redis (empty, or replaying its append-only file)
+  -- lost or outdated their heartbeats. Not knowing is not "none": queue the job (the watchdog
+  -- still gives up on it after the queue timeout if no worker comes).
+  local info = redis.pcall('INFO', 'server')
+  local uptime = type(info) == 'string' and tonumber(string.match(info, 'uptime_in_seconds:(%d+)'))
+  if not uptime or uptime * 1000 >= worker_ttl then
+    return {'no_workers', epoch}
+  end
 end
 local period = 60000
 local rpm = tonumber(ARGV[2])

@@ -13,12 +13,12 @@ django_app = get_asgi_application()  # sets Django up before anything imports mo
 
 from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
-from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 from django.conf import settings  # noqa: E402
 
 from infra.heap import freeze_startup_heap  # noqa: E402
 from infra.http_server import harden_daphne  # noqa: E402
 from infra.middleware import ApiASGIHandler  # noqa: E402
+from infra.websocket_origin import SameOriginValidator  # noqa: E402
 from nebula_site.routing import websocket_urlpatterns  # noqa: E402
 
 harden_daphne()  # daphne imports this module before it starts listening
@@ -34,9 +34,8 @@ async def http_app(scope, receive, send):  # type: ignore[no-untyped-def]
 application = ProtocolTypeRouter(
     {
         "http": http_app,
-        "websocket": AllowedHostsOriginValidator(
-            AuthMiddlewareStack(URLRouter(websocket_urlpatterns))
-        ),
+        # Same origin (scheme, host and port) or CSRF_TRUSTED_ORIGINS: see infra.websocket_origin.
+        "websocket": SameOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
     }
 )
 

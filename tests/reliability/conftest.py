@@ -11,8 +11,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -20,6 +21,7 @@ import pytest
 
 from tests.conftest import live_env
 from tests.support.faults import RedisServer, wait_until
+from tests.support.run import Run, run_env, running, start_run
 from tests.support.stack import Proc, Stack
 
 logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per poll otherwise
@@ -112,29 +114,82 @@ def fault_stack(django_db_setup: Any, django_db_blocker: Any) -> Iterator[FaultS
         yield stack
 
 
-@pytest.fixture
-def faults(fault_stack: FaultStack, transactional_db: Any) -> Iterator[FaultStack]:
-    """The private stack, with this test process pointed at its Redis (keys and models created
-    in the test reach its web processes; ledger_flush reads its usage stream)."""
+@contextlib.contextmanager
+def pointed_at(redis_server: RedisServer, revive: Callable[[], None]) -> Iterator[None]:
+    """This test process pointed at a private stack's Redis (keys and models created in the
+    test reach its web processes; ledger_flush reads its usage stream). Afterwards the stack is
+    revived, the test's records are moved into the database and nothing of its jobs, limits or
+    records survives into the next test."""
     from django.conf import settings
 
     from infra import redis_client
     from infra.epoch import epoch_bump, observe_epoch
     from telemetry.ledger import ledger_flush
 
-    fault_stack.revive()
     shared_url = settings.REDIS_URL
-    settings.REDIS_URL = fault_stack.redis.url
+    settings.REDIS_URL = redis_server.url
     redis_client.reset_clients()
     observe_epoch(f"test-{uuid.uuid4().hex}")
     try:
-        yield fault_stack
-        fault_stack.revive()
+        yield
+        revive()
         ledger_flush()
         epoch_bump()
     finally:
-        # Nothing of this test's jobs, limits or records survives into the next one.
         with contextlib.suppress(Exception):
-            fault_stack.redis.client().flushall()
+            redis_server.client().flushall()
         settings.REDIS_URL = shared_url
         redis_client.reset_clients()
+
+
+@pytest.fixture
+def faults(fault_stack: FaultStack, transactional_db: Any) -> Iterator[FaultStack]:
+    """The private stack, with this test process pointed at its Redis."""
+    fault_stack.revive()
+    with pointed_at(fault_stack.redis, fault_stack.revive):
+        yield fault_stack
+
+
+@dataclass
+class Supervised:
+    """The default layout (bin/run: supervisord running the Procfile's web process and worker)
+    on the test database and a private Redis."""
+
+    run: Run
+    redis: RedisServer
+
+    def live_workers(self) -> int:
+        with contextlib.suppress(httpx.HTTPError, ValueError, KeyError):
+            return int(self.run.health()["checks"]["workers"].get("live", 0))
+        return 0
+
+    def revive(self) -> None:
+        if self.redis.proc is None or self.redis.proc.poll() is not None:
+            self.redis.start()
+        wait_until(lambda: self.live_workers() == 1, timeout=30)
+
+
+@contextlib.contextmanager
+def running_supervised(
+    redis_server: RedisServer, django_db_blocker: Any, workdir: Path, settings: dict[str, str]
+) -> Iterator[Supervised]:
+    """Start `redis_server` and bin/run on it with `settings` over the live stack's (so the
+    test process moves usage records into the database itself); stop both afterwards."""
+    redis_server.start()
+    with django_db_blocker.unblock():
+        base = live_env({"NEBULA_TEST_REDIS_URL": redis_server.url, **settings})
+    try:
+        with running(start_run(workdir, run_env(workdir, base))) as run:
+            run.wait_healthy(workers=1)
+            yield Supervised(run=run, redis=redis_server)
+            run.stop()
+    finally:
+        redis_server.stop()
+
+
+@contextlib.contextmanager
+def supervised_test(stack: Supervised) -> Iterator[None]:
+    """One test on a supervised stack, as `faults` is for the fault stack."""
+    stack.revive()
+    with pointed_at(stack.redis, stack.revive):
+        yield

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import threading
 import time
+from collections import Counter
 
 import httpx
 import pytest
@@ -19,9 +21,9 @@ from websockets.sync.client import ClientConnection, connect
 from dashboard.consumers import CLOSE_REDIS_LOST
 from telemetry.ledger import ledger_flush
 from telemetry.models import UsageRecord
-from tests.reliability.conftest import SLOW
+from tests.reliability.conftest import SLOW, running_supervised, supervised_test
 from tests.support.clients import ChatCall
-from tests.support.faults import wait_until
+from tests.support.faults import RedisServer, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -205,3 +207,67 @@ def test_a_dashboard_socket_outlives_quiet_spells_and_is_closed_for_a_reconnect_
         return False
 
     wait_until(reconnects, timeout=15, interval=0.5)
+
+
+def _burst(urls: list[str], secret: str, seconds: float) -> list[ChatCall]:
+    """Requests one after another from four threads per web process, for `seconds`."""
+    calls: list[ChatCall] = []
+    lock = threading.Lock()
+
+    def client(url: str) -> None:
+        until = time.monotonic() + seconds
+        while time.monotonic() < until:
+            call = ChatCall(url, secret, CHAT, timeout=30)
+            call.run()
+            with lock:
+                calls.append(call)
+
+    threads = [threading.Thread(target=client, args=(url,)) for url in urls for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    return calls
+
+
+# The product's own timings (settings.py defaults), where the fault stack's are much shorter:
+# a heartbeat a second, dead after five.
+DEFAULT_TIMINGS = {
+    "NEBULA_WORKER_TTL": "5",
+    "NEBULA_HEARTBEAT_INTERVAL": "1",
+    "NEBULA_QUEUE_TIMEOUT": "30",
+    "NEBULA_REDIS_TIMEOUT": "2",
+}
+
+
+@pytest.fixture
+def make_run(django_db_setup, django_db_blocker, tmp_path, transactional_db):
+    """bin/run with the default timings, on a private Redis without persistence."""
+    with (
+        running_supervised(RedisServer(), django_db_blocker, tmp_path, DEFAULT_TIMINGS) as stack,
+        supervised_test(stack),
+    ):
+        yield stack
+
+
+def test_requests_right_after_redis_returns_wait_for_the_workers(
+    make_run, alice, make_key, ready_model
+):
+    """Redis crashes and comes back empty: the heartbeat registry is gone until the workers
+    beat again (up to a heartbeat interval later). Requests in that gap must wait for them (the
+    workers are alive; only their heartbeats were lost), not get 503 `no_workers_available`,
+    as docs/RELIABILITY.md says."""
+    ready_model("nebula-7b")
+    _, secret = make_key(alice, rpm_limit=100_000)
+    assert ChatCall(make_run.run.url, secret, CHAT).go().result().status == 200
+    make_run.redis.kill()
+    time.sleep(0.5)
+    make_run.redis.start()
+    calls = _burst([make_run.run.url], secret, seconds=3)
+    outcomes = Counter(
+        (call.status, (call.json or {}).get("error", {}).get("code")) for call in calls
+    )
+    assert outcomes and set(outcomes) == {(200, None)}, outcomes
+    ledger_flush()
+    records = UsageRecord.objects.filter(request_id__in=[call.request_id for call in calls])
+    assert records.count() == len(calls)

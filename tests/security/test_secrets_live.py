@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import re
+from urllib.parse import unquote
 
 import httpx
 import pytest
@@ -83,3 +84,32 @@ def test_a_run_that_creates_and_uses_keys_logs_no_secret(
     for name, text in logs.items():
         assert not _leaks(text, secrets), name
     assert f"/v1/models?api_key={secret[:11]}" in "".join(logs.values())  # it was logged, redacted
+
+
+def _decoded(text: str) -> str:
+    for _ in range(3):
+        text = unquote(text)
+    return text
+
+
+def test_a_key_percent_encoded_in_a_url_is_redacted_in_the_access_log(live, alice, make_key):
+    """Daphne's access log writes request URIs as they came; a key a client (or its library)
+    percent-encoded must be redacted all the same."""
+    _, secret = make_key(alice)
+    rest = secret[3:]
+    every = "".join(f"%{ord(char):02X}" for char in secret)
+    urls = [
+        f"/v1/models?api_key=nb%5F{rest}",
+        f"/v1/models?api_key=nb%5f{rest}",
+        f"/v1/models?api_key=nb%255F{rest}",
+        f"/v1/models/{every}",
+        f"/dashboard/?key=nb%5F{rest}",
+    ]
+    with httpx.Client() as client:
+        for path in urls:
+            # httpx would re-encode the path; the raw target goes out as written.
+            response = client.get(live.url + "/", extensions={"target": path.encode()})
+            assert response.status_code in (200, 302, 401, 404), (path, response.status_code)
+    logs = "".join(proc.log.read_text(errors="replace") for proc in live.webs)
+    assert secret[11:] not in _decoded(logs)
+    assert f"/v1/models?api_key={secret[:11]}…[redacted]" in logs  # logged, redacted
