@@ -106,6 +106,7 @@ def prepare_data() -> tuple[int, str]:
     from django.core.management import call_command
 
     from infra.redis_client import get_redis
+    from keys.access import SYSTEM
     from keys.services import key_create
     from models_registry.services import model_seed_ready
 
@@ -122,7 +123,7 @@ def prepare_data() -> tuple[int, str]:
         replicas=64,
         max_concurrent_seqs=1024,
     )
-    created = key_create(owner=user, name="bench", rpm_limit=MAX_RPM)
+    created = key_create(actor=SYSTEM, owner=user, name="bench", rpm_limit=MAX_RPM)
     return created.key.pk, created.secret
 
 

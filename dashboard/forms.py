@@ -11,6 +11,7 @@ from django.contrib.auth import get_user_model
 from django.utils import timezone
 
 from infra.errors import NebulaError
+from keys.models import ApiKey, TeamRole
 from models_registry.gpus import GPU_TYPES
 
 EXPIRY_CHOICES = [
@@ -19,6 +20,13 @@ EXPIRY_CHOICES = [
     ("30", "In 30 days"),
     ("90", "In 90 days"),
     ("365", "In a year"),
+]
+GRACE_CHOICES = [
+    ("0", "At once"),
+    ("300", "In 5 minutes"),
+    ("3600", "In an hour"),
+    ("86400", "In 24 hours"),
+    ("604800", "In 7 days"),
 ]
 WINDOW_CHOICES = [
     ("15m", "Last 15 minutes"),
@@ -35,6 +43,29 @@ def attach_error(form: forms.Form, error: NebulaError) -> None:
     form.add_error(field if field in form.fields else None, error.message)
 
 
+def _style(form: forms.Form) -> None:
+    for field in form.fields.values():
+        field.widget.attrs.setdefault("class", "input")
+
+
+def _model_names(text: str) -> list[str]:
+    return [name.strip() for name in text.split(",") if name.strip()]
+
+
+def _tpm_field() -> forms.IntegerField:
+    return forms.IntegerField(
+        label="Tokens per minute", required=False, help_text="Empty means no token limit."
+    )
+
+
+def _allowed_models_field() -> forms.CharField:
+    return forms.CharField(
+        label="Allowed models",
+        required=False,
+        help_text="Comma-separated model names. Empty allows every ready model.",
+    )
+
+
 class KeyCreateForm(forms.Form):
     name = forms.CharField(
         max_length=100,
@@ -45,21 +76,26 @@ class KeyCreateForm(forms.Form):
         required=False,
         help_text="Leave empty for the default.",
     )
-    tpm_limit = forms.IntegerField(
-        label="Tokens per minute",
-        required=False,
-        help_text="Optional. Empty means no token limit.",
-    )
-    allowed_models = forms.CharField(
-        label="Allowed models",
-        required=False,
-        help_text="Comma-separated model names. Empty allows every ready model.",
-    )
+    tpm_limit = _tpm_field()
+    allowed_models = _allowed_models_field()
     expires_in = forms.ChoiceField(label="Expires", choices=EXPIRY_CHOICES, required=False)
 
-    def __init__(self, *args: Any, operator: bool = False, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        operator: bool = False,
+        teams: list[tuple[str, str]] | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.operator = operator
+        if teams:
+            self.fields["team"] = forms.ChoiceField(
+                label="Team",
+                choices=[("", "None (a personal key)"), *teams],
+                required=False,
+                help_text="A team key is seen by the team and managed by its admins.",
+            )
         if operator:
             users = get_user_model().objects.filter(is_active=True).order_by("username")
             self.fields["owner"] = forms.ChoiceField(
@@ -71,18 +107,118 @@ class KeyCreateForm(forms.Form):
             self.fields["is_admin"] = forms.BooleanField(
                 label="Admin key (manages keys and models like an operator)", required=False
             )
-        for field in self.fields.values():
-            field.widget.attrs.setdefault("class", "input")
+        _style(self)
         self.fields["name"].widget.attrs.update(placeholder="my-app", autocomplete="off")
         self.fields["allowed_models"].widget.attrs.update(placeholder="nebula-7b, nebula-70b")
 
     def clean_allowed_models(self) -> list[str]:
-        text: str = self.cleaned_data.get("allowed_models") or ""
-        return [name.strip() for name in text.split(",") if name.strip()]
+        return _model_names(self.cleaned_data.get("allowed_models") or "")
+
+    def key_request(self) -> dict[str, Any]:
+        """The keyword arguments of `keys.services.key_create`."""
+        data = self.cleaned_data
+        return {
+            "name": data["name"],
+            "owner": data.get("owner") or None,
+            "team": data.get("team") or None,
+            "rpm_limit": data.get("rpm_limit"),
+            "tpm_limit": data.get("tpm_limit"),
+            "allowed_models": data["allowed_models"],
+            "expires_at": self.expires_at(),
+            "is_admin": bool(data.get("is_admin")),
+        }
 
     def expires_at(self) -> datetime | None:
         days = self.cleaned_data.get("expires_in")
         return timezone.now() + timedelta(days=int(days)) if days else None
+
+
+class KeyEditForm(forms.Form):
+    """A key's name and limits. Only what changed is sent to the service, so a field left as it
+    was is never "set" (an owner cannot widen a limit by saving it unchanged)."""
+
+    name = forms.CharField(max_length=100)
+    rpm_limit = forms.IntegerField(label="Requests per minute")
+    tpm_limit = _tpm_field()
+    allowed_models = _allowed_models_field()
+    expires_at = forms.DateTimeField(
+        label="Expires (UTC)",
+        required=False,
+        help_text="Empty: never.",
+        input_formats=["%Y-%m-%dT%H:%M", "%Y-%m-%d %H:%M", "%Y-%m-%d"],
+        widget=forms.DateTimeInput(attrs={"type": "datetime-local"}, format="%Y-%m-%dT%H:%M"),
+    )
+
+    def __init__(self, data: Any = None, *, key: ApiKey) -> None:
+        initial = {
+            "name": key.name,
+            "rpm_limit": key.rpm_limit,
+            "tpm_limit": key.tpm_limit,
+            "allowed_models": ", ".join(key.allowed_models or []),
+            "expires_at": key.expires_at,
+        }
+        super().__init__(data, initial=initial)
+        _style(self)
+
+    def clean_allowed_models(self) -> list[str]:
+        return _model_names(self.cleaned_data.get("allowed_models") or "")
+
+    def changes(self) -> dict[str, Any]:
+        """The keyword arguments of `keys.services.key_update`: the changed fields only."""
+        changed = set(self.changed_data)
+        if "allowed_models" in changed and self.cleaned_data["allowed_models"] == _model_names(
+            str(self.initial.get("allowed_models") or "")
+        ):
+            changed.discard("allowed_models")  # the same names, typed differently
+        return {name: self.cleaned_data[name] for name in self.fields if name in changed}
+
+
+class KeyRotateForm(forms.Form):
+    grace_seconds = forms.TypedChoiceField(
+        label="The old secret stops working",
+        choices=GRACE_CHOICES,
+        coerce=int,
+        initial="3600",
+    )
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        _style(self)
+
+
+class TeamCreateForm(forms.Form):
+    name = forms.CharField(max_length=100, help_text="E.g. the project or department.")
+    admin = forms.CharField(
+        label="First admin",
+        max_length=150,
+        required=False,
+        help_text="Username of the team's first admin (optional).",
+    )
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        _style(self)
+        self.fields["name"].widget.attrs.update(autocomplete="off")
+
+
+class MemberAddForm(forms.Form):
+    username = forms.CharField(label="Username", max_length=150)
+    role = forms.ChoiceField(
+        label="Role", choices=TeamRole.choices, initial=TeamRole.MEMBER, required=False
+    )
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        _style(self)
+        self.fields["username"].widget.attrs.update(autocomplete="off")
+
+    def clean_role(self) -> str:
+        return self.cleaned_data.get("role") or TeamRole.MEMBER
+
+
+class MemberChangeForm(forms.Form):
+    action = forms.ChoiceField(choices=[("role", "role"), ("remove", "remove")])
+    role = forms.ChoiceField(choices=TeamRole.choices, required=False)
 
 
 class DeployForm(forms.Form):
@@ -100,11 +236,15 @@ class DeployForm(forms.Form):
         label="Concurrent sequences per replica", initial=8, required=False
     )
     context_length = forms.IntegerField(label="Context length", initial=8192, required=False)
+    queue = forms.BooleanField(
+        label="If its GPUs are busy, wait for them (queue it)", required=False
+    )
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        for field in self.fields.values():
-            field.widget.attrs.setdefault("class", "input")
+        for name, field in self.fields.items():
+            if name != "queue":
+                field.widget.attrs.setdefault("class", "input")
         self.fields["name"].widget.attrs.update(placeholder="nebula-7b", autocomplete="off")
         self.fields["params_billions"].widget.attrs.update(placeholder="7", step="any")
 

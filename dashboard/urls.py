@@ -7,7 +7,17 @@ from dashboard import views
 urlpatterns = [
     path("", views.overview, name="dashboard-overview"),
     path("keys/", views.keys, name="dashboard-keys"),
+    path("keys/<int:key_id>/", views.key_detail, name="dashboard-key"),
+    path("keys/<int:key_id>/rotate/", views.key_rotate, name="dashboard-key-rotate"),
     path("keys/<int:key_id>/revoke/", views.key_revoke, name="dashboard-key-revoke"),
+    path("teams/", views.teams, name="dashboard-teams"),
+    path("teams/<int:team_id>/", views.team_detail, name="dashboard-team"),
+    path("teams/<int:team_id>/members/", views.team_member_add, name="dashboard-team-members"),
+    path(
+        "teams/<int:team_id>/members/<str:username>/",
+        views.team_member_change,
+        name="dashboard-team-member",
+    ),
     path("models/", views.models, name="dashboard-models"),
     path("models/connect/", views.model_connect, name="dashboard-model-connect"),
     path("models/<str:name>/scale/", views.model_scale, name="dashboard-model-scale"),

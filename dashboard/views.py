@@ -12,17 +12,23 @@ from functools import wraps
 from typing import Any
 
 from django.contrib import messages
-from django.contrib.auth import get_user_model
 from django.contrib.auth.decorators import login_required
-from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.db.models import Count
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.utils import timezone
 from django.views.decorators.http import require_http_methods, require_POST
 
 from dashboard.forms import (
     DeployForm,
     KeyCreateForm,
+    KeyEditForm,
+    KeyRotateForm,
+    MemberAddForm,
+    MemberChangeForm,
     ScaleForm,
+    TeamCreateForm,
     UpstreamDeployForm,
     UsageFilterForm,
     attach_error,
@@ -32,15 +38,25 @@ from keys import services as key_services
 from keys.access import (
     Actor,
     actor_for_user,
-    authorize_key_settings,
+    authorize_team_management,
+    can_change_key,
+    can_manage_team,
+    key_ceilings,
     key_get_for,
     keys_visible_to,
     require_operator,
+    team_get_for,
+    team_role,
+    teams_visible_to,
 )
+from keys.models import ApiKey, Team, TeamRole
+from keys.reveal import Revealed, secret_claim, secret_stash
+from keys.services import CreatedKey
 from models_registry import services as model_services
 from models_registry.access import deployment_get_for, deployments_visible_to
-from models_registry.gpus import GPU_TYPES
-from models_registry.services import MEMORY_HEADROOM, fleet_snapshot
+from models_registry.gpus import GPU_TYPES, MEMORY_HEADROOM
+from models_registry.models import ENDED_STATES
+from models_registry.services import fleet_gpus, fleet_snapshot
 from telemetry.services import (
     TimeRange,
     overview_report,
@@ -53,7 +69,12 @@ View = Callable[..., HttpResponse]
 
 
 def dashboard_view(view: View) -> View:
-    """Login required; the services' "not yours" and "not allowed" become 404 and 403 pages."""
+    """Login required; the services' "not yours" and "not allowed" become 404 and 403 pages.
+
+    The 403 page is rendered here rather than raised: Django logs a raised PermissionDenied
+    with its whole traceback, and a person clicking where they may not is not an error of
+    ours. Django's request log still has its one line ("Forbidden: /dashboard/…").
+    """
 
     @login_required
     @wraps(view)
@@ -63,7 +84,7 @@ def dashboard_view(view: View) -> View:
         except NotFound as error:
             raise Http404(error.message) from None
         except PermissionDenied as error:
-            raise DjangoPermissionDenied(error.message) from None
+            return render(request, "403.html", {"exception": error.message}, status=403)
 
     return wrapper
 
@@ -87,6 +108,9 @@ _ROW_PLACEHOLDER = {
     "context_length": 0,
     "owner": "",
     "failure_reason": "",
+    "queue_reason": "",
+    "target_replicas": None,
+    "progress": None,
 }
 
 
@@ -107,13 +131,46 @@ def overview(request: HttpRequest, actor: Actor) -> HttpResponse:
 # --- API keys -----------------------------------------------------------------------------------
 
 
+def _no_store(response: HttpResponse) -> HttpResponse:
+    response["Cache-Control"] = "no-store"
+    return response
+
+
+def _claim(request: HttpRequest, key_id: int | None = None) -> tuple[Revealed | None, bool]:
+    """The secret a redirect brought (once), and whether the page was asked to show one."""
+    token = request.GET.get("reveal")
+    if not token:
+        return None, False
+    return secret_claim(token=token, user_id=request.user.pk, key_id=key_id), True
+
+
+def _reveal_redirect(request: HttpRequest, url: str, created: CreatedKey) -> HttpResponse:
+    token = secret_stash(secret=created.secret, user_id=request.user.pk, key_id=created.key.pk)
+    return redirect(f"{url}?reveal={token}")
+
+
+def _team_choices(actor: Actor) -> list[tuple[str, str]]:
+    teams = [team for team in teams_visible_to(actor) if can_manage_team(actor, team)]
+    return [(str(team.pk), team.name) for team in teams]
+
+
+def _key_form(actor: Actor, data: Any = None, *, team: str | None = None) -> KeyCreateForm:
+    form = KeyCreateForm(data, operator=actor.is_operator, teams=_team_choices(actor))
+    if team and "team" in form.fields and data is None:
+        form.initial["team"] = team
+    return form
+
+
 def _keys_page(
     request: HttpRequest, actor: Actor, form: KeyCreateForm, *, status: int = 200, **extra: Any
 ) -> HttpResponse:
     keys = list(keys_visible_to(actor).order_by("revoked_at", "-created_at", "-id"))
     usage = usage_report(actor=actor, time_range=TimeRange.parse(None, None, "24h"))
     by_key = {row["key"]["id"]: row for row in usage["keys"]}
-    rows = [{"key": key, "usage": by_key.get(key.pk)} for key in keys]
+    rows = [
+        {"key": key, "usage": by_key.get(key.pk), "can_change": can_change_key(actor, key)}
+        for key in keys
+    ]
     return _page(
         request, "dashboard/keys.html", "keys", status=status, form=form, rows=rows, **extra
     )
@@ -123,51 +180,104 @@ def _keys_page(
 @require_http_methods(["GET", "POST"])
 def keys(request: HttpRequest, actor: Actor) -> HttpResponse:
     if request.method != "POST":
-        return _keys_page(request, actor, KeyCreateForm(operator=actor.is_operator))
-    form = KeyCreateForm(request.POST, operator=actor.is_operator)
+        revealed, asked = _claim(request)
+        created = None
+        if revealed is not None:
+            key = keys_visible_to(actor).filter(pk=revealed.key_id).first()
+            created = {"key": key, "secret": revealed.secret} if key else None
+        response = _keys_page(
+            request,
+            actor,
+            _key_form(actor, team=request.GET.get("team")),
+            created=created,
+            reveal_gone=asked and created is None,
+        )
+        return _no_store(response) if asked else response
+    form = _key_form(actor, request.POST)
     if not form.is_valid():
         return _keys_page(request, actor, form, status=400)
-    data = form.cleaned_data
-    owner: Any = request.user
     try:
-        if username := data.get("owner"):
-            owner = get_user_model().objects.filter(username=username).first()
-            if owner is None:
-                raise InvalidRequest(f"No user named '{username}'.", param="owner")
-        # One setting at a time, so a refusal lands next to the field that caused it.
-        settings: list[tuple[str, dict[str, Any]]] = [
-            ("owner", {}),
-            ("is_admin", {"is_admin": bool(data.get("is_admin"))}),
-            ("rpm_limit", {"rpm_limit": data.get("rpm_limit")}),
-            ("tpm_limit", {"tpm_limit": data.get("tpm_limit")}),
-        ]
-        for field, setting in settings:
-            try:
-                authorize_key_settings(actor, owner=owner, **setting)
-            except PermissionDenied as error:
-                error.param = field
-                raise
-        created = key_services.key_create(
-            owner=owner,
-            name=data["name"],
-            rpm_limit=data.get("rpm_limit"),
-            tpm_limit=data.get("tpm_limit"),
-            allowed_models=data["allowed_models"],
-            expires_at=form.expires_at(),
-            is_admin=bool(data.get("is_admin")),
-        )
-    except PermissionDenied as error:
-        attach_error(form, error)
-        return _keys_page(request, actor, form, status=403)
+        created_key = key_services.key_create(actor=actor, **form.key_request())
     except NebulaError as error:
         attach_error(form, error)
-        return _keys_page(request, actor, form, status=400)
-    # The secret exists only in this response: no redirect, no session, never again.
-    response = _keys_page(
-        request, actor, KeyCreateForm(operator=actor.is_operator), created=created
+        return _keys_page(request, actor, form, status=error.status)
+    # Post/redirect/get: the secret waits for the next page in a one-time store (not the
+    # database, not the session), so reloading that page shows it at most once and can never
+    # create a second key.
+    return _reveal_redirect(request, reverse("dashboard-keys"), created_key)
+
+
+def _key_page(
+    request: HttpRequest,
+    actor: Actor,
+    key: ApiKey,
+    *,
+    form: KeyEditForm | None = None,
+    rotate_form: KeyRotateForm | None = None,
+    status: int = 200,
+    **extra: Any,
+) -> HttpResponse:
+    usage = usage_report(
+        actor=actor, time_range=TimeRange.parse(None, None, "24h"), key_id=str(key.pk)
     )
-    response["Cache-Control"] = "no-store"
-    return response
+    return _page(
+        request,
+        "dashboard/key_detail.html",
+        "keys",
+        status=status,
+        key=key,
+        can_change=can_change_key(actor, key),
+        form=form or KeyEditForm(key=key),
+        rotate_form=rotate_form or KeyRotateForm(),
+        ceilings=key_ceilings(key),
+        previous_active=key.previous_valid_until is not None
+        and key.previous_valid_until > timezone.now(),
+        usage=usage["totals"],
+        **extra,
+    )
+
+
+@dashboard_view
+@require_http_methods(["GET", "POST"])
+def key_detail(request: HttpRequest, actor: Actor, key_id: int) -> HttpResponse:
+    key = key_get_for(actor, key_id)
+    if request.method != "POST":
+        revealed, asked = _claim(request, key.pk)
+        response = _key_page(
+            request,
+            actor,
+            key,
+            created={"key": key, "secret": revealed.secret} if revealed else None,
+            reveal_gone=asked and revealed is None,
+        )
+        return _no_store(response) if asked else response
+    form = KeyEditForm(request.POST, key=key)
+    if not form.is_valid():
+        return _key_page(request, actor, key, form=form, status=400)
+    try:
+        key = key_services.key_update(actor=actor, key=key, **form.changes())
+    except NebulaError as error:
+        attach_error(form, error)
+        return _key_page(request, actor, key, form=form, status=error.status)
+    messages.success(request, f"Saved “{key.name}”. Every web process uses the new settings now.")
+    return redirect("dashboard-key", key_id=key.pk)
+
+
+@dashboard_view
+@require_POST
+def key_rotate(request: HttpRequest, actor: Actor, key_id: int) -> HttpResponse:
+    key = key_get_for(actor, key_id)
+    form = KeyRotateForm(request.POST)
+    if not form.is_valid():
+        return _key_page(request, actor, key, rotate_form=form, status=400)
+    try:
+        created = key_services.key_rotate(
+            actor=actor, key=key, grace_seconds=form.cleaned_data["grace_seconds"]
+        )
+    except NebulaError as error:
+        attach_error(form, error)
+        return _key_page(request, actor, key, rotate_form=form, status=error.status)
+    return _reveal_redirect(request, reverse("dashboard-key", args=[key.pk]), created)
 
 
 @dashboard_view
@@ -176,9 +286,129 @@ def key_revoke(request: HttpRequest, actor: Actor, key_id: int) -> HttpResponse:
     key = key_get_for(actor, key_id)
     if request.method != "POST":
         return _page(request, "dashboard/key_revoke.html", "keys", key=key)
-    key_services.key_revoke(key=key)
+    key_services.key_revoke(actor=actor, key=key)
     messages.success(request, f"Revoked “{key.name}”. Requests with it are refused from now on.")
     return redirect("dashboard-keys")
+
+
+# --- Teams --------------------------------------------------------------------------------------
+
+
+def _teams_page(
+    request: HttpRequest, actor: Actor, form: TeamCreateForm | None, *, status: int = 200
+) -> HttpResponse:
+    teams = teams_visible_to(actor).annotate(
+        member_count=Count("memberships", distinct=True), key_count=Count("api_keys", distinct=True)
+    )
+    rows = [{"team": team, "role": team_role(actor, team)} for team in teams]
+    return _page(request, "dashboard/teams.html", "teams", status=status, rows=rows, form=form)
+
+
+@dashboard_view
+@require_http_methods(["GET", "POST"])
+def teams(request: HttpRequest, actor: Actor) -> HttpResponse:
+    if request.method != "POST":
+        return _teams_page(request, actor, TeamCreateForm() if actor.is_operator else None)
+    require_operator(actor)
+    form = TeamCreateForm(request.POST)
+    if not form.is_valid():
+        return _teams_page(request, actor, form, status=400)
+    try:
+        team = key_services.team_create(
+            actor=actor, name=form.cleaned_data["name"], admin=form.cleaned_data["admin"] or None
+        )
+    except NebulaError as error:
+        attach_error(form, error)
+        return _teams_page(request, actor, form, status=error.status)
+    messages.success(request, f"Created team “{team.name}”.")
+    return redirect("dashboard-team", team_id=team.pk)
+
+
+def _team_page(
+    request: HttpRequest,
+    actor: Actor,
+    team: Team,
+    *,
+    member_form: MemberAddForm | None = None,
+    member_error: dict[str, str] | None = None,
+    status: int = 200,
+) -> HttpResponse:
+    team_keys = list(keys_visible_to(actor).filter(team=team).order_by("revoked_at", "name"))
+    usage = usage_report(actor=actor, time_range=TimeRange.parse(None, None, "24h"))
+    by_key = {row["key"]["id"]: row for row in usage["keys"]}
+    return _page(
+        request,
+        "dashboard/team_detail.html",
+        "teams",
+        status=status,
+        team=team,
+        role=team_role(actor, team),
+        manage=can_manage_team(actor, team),
+        members=team.memberships.select_related("user").order_by("user__username"),
+        key_rows=[{"key": key, "usage": by_key.get(key.pk)} for key in team_keys],
+        member_form=member_form or MemberAddForm(),
+        member_error=member_error,
+        roles=TeamRole.choices,
+    )
+
+
+@dashboard_view
+def team_detail(request: HttpRequest, actor: Actor, team_id: int) -> HttpResponse:
+    return _team_page(request, actor, team_get_for(actor, team_id))
+
+
+@dashboard_view
+@require_POST
+def team_member_add(request: HttpRequest, actor: Actor, team_id: int) -> HttpResponse:
+    team = team_get_for(actor, team_id)
+    authorize_team_management(actor, team)  # before a member is told their form is incomplete
+    form = MemberAddForm(request.POST)
+    if not form.is_valid():
+        return _team_page(request, actor, team, member_form=form, status=400)
+    try:
+        key_services.team_member_add(
+            actor=actor,
+            team=team,
+            user=form.cleaned_data["username"],
+            role=form.cleaned_data["role"],
+        )
+    except NebulaError as error:
+        attach_error(form, error)
+        return _team_page(request, actor, team, member_form=form, status=error.status)
+    messages.success(request, f"Added {form.cleaned_data['username']} to “{team.name}”.")
+    return redirect("dashboard-team", team_id=team.pk)
+
+
+@dashboard_view
+@require_POST
+def team_member_change(
+    request: HttpRequest, actor: Actor, team_id: int, username: str
+) -> HttpResponse:
+    team = team_get_for(actor, team_id)
+    form = MemberChangeForm(request.POST)
+    try:
+        if not form.is_valid():
+            raise InvalidRequest("Choose a role, or remove the member.", param="role")
+        if form.cleaned_data["action"] == "remove":
+            key_services.team_member_remove(actor=actor, team=team, user=username)
+            done = f"Removed {username} from “{team.name}”."
+        else:
+            key_services.team_member_set_role(
+                actor=actor, team=team, user=username, role=form.cleaned_data["role"]
+            )
+            done = f"{username} is now {form.cleaned_data['role']} of “{team.name}”."
+    except NebulaError as error:
+        return _team_page(
+            request,
+            actor,
+            team,
+            member_error={"username": username, "message": error.message},
+            status=error.status,
+        )
+    messages.success(request, done)
+    if form.cleaned_data["action"] == "remove" and username == request.user.get_username():
+        return redirect("dashboard-teams")  # they left: the team page is no longer theirs
+    return redirect("dashboard-team", team_id=team.pk)
 
 
 # --- Models -------------------------------------------------------------------------------------
@@ -210,7 +440,7 @@ def _models_page(
         upstream_form=upstream_form or (UpstreamDeployForm() if operator else None),
         upstream_open=upstream_form is not None,
         scale_error=scale_error,
-        catalogue={"gpus": catalogue, "headroom": MEMORY_HEADROOM},
+        catalogue={"gpus": catalogue, "headroom": MEMORY_HEADROOM, "inventory": fleet_gpus()},
         placeholder=_ROW_PLACEHOLDER,
     )
 
@@ -235,7 +465,7 @@ def _deploy(
     """Either deploy form, posted: one service; its refusals land next to their fields."""
     if form.is_valid():
         try:
-            model = model_services.model_deploy(owner=request.user, **form.deployment())
+            model = model_services.model_deploy(actor=actor, **form.deployment())
         except NebulaError as error:
             attach_error(form, error)
         else:
@@ -268,7 +498,9 @@ def model_scale(request: HttpRequest, actor: Actor, name: str) -> HttpResponse:
     try:
         if not form.is_valid():
             raise InvalidRequest("Replicas must be a whole number.", param="replicas")
-        model = model_services.model_scale(model=model, replicas=form.cleaned_data["replicas"])
+        model = model_services.model_scale(
+            actor=actor, model=model, replicas=form.cleaned_data["replicas"]
+        )
     except NebulaError as error:
         typed = request.POST.get("replicas", "")
         return _models_page(
@@ -277,23 +509,38 @@ def model_scale(request: HttpRequest, actor: Actor, name: str) -> HttpResponse:
             status=400,
             scale_error={"name": name, "value": typed, "message": error.message},
         )
-    messages.success(request, f"{model.name} now runs {model.replicas} replica(s).")
+    if model.target_replicas:
+        messages.success(
+            request,
+            f"Loading {model.target_replicas - model.replicas} more replica(s) of {model.name}; "
+            f"it serves on {model.replicas} until they are ready.",
+        )
+    else:
+        messages.success(request, f"{model.name} now runs {model.replicas} replica(s).")
     return redirect("dashboard-models")
 
 
 @dashboard_view
 @require_http_methods(["GET", "POST"])
 def model_undeploy(request: HttpRequest, actor: Actor, name: str) -> HttpResponse:
+    """Undeploy a live deployment; delete a stopped or failed one from the fleet."""
     require_operator(actor)
     model = deployment_get_for(actor, name)
+    ended = model.state in ENDED_STATES
     if request.method != "POST":
-        return _page(request, "dashboard/model_undeploy.html", "models", model=model)
+        return _page(request, "dashboard/model_undeploy.html", "models", model=model, ended=ended)
     try:
-        model = model_services.model_undeploy(model=model)
+        if ended:
+            model_services.model_delete(actor=actor, model=model)
+        else:
+            model = model_services.model_undeploy(actor=actor, model=model)
     except NebulaError as error:
         messages.error(request, error.message)
     else:
-        messages.success(request, f"Undeploying {model.name}: requests in flight finish first.")
+        if ended:
+            messages.success(request, f"Deleted {model.name} from the fleet.")
+        else:
+            messages.success(request, f"Undeploying {model.name}: requests in flight finish first.")
     return redirect("dashboard-models")
 
 

@@ -7,7 +7,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from django.utils import timezone
+from django.db.models import Q
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from rest_framework import authentication, exceptions
 
@@ -24,6 +24,9 @@ MISSING_KEY_MESSAGE = (
 INVALID_KEY_MESSAGE = "Incorrect API key provided. Create or look up your keys on the dashboard."
 REVOKED_KEY_MESSAGE = "This API key has been revoked."
 EXPIRED_KEY_MESSAGE = "This API key has expired."
+ROTATED_KEY_MESSAGE = (
+    "This API key was rotated and its previous secret no longer works. Use the new secret."
+)
 
 
 def parse_bearer(header: str | None) -> str:
@@ -52,18 +55,28 @@ class KeyInfo:
     is_admin: bool
     expires_at: float | None  # Unix time
     revoked: bool
+    # Unix time the secret this entry was found by stops working, when it is the previous
+    # secret of a rotated key. Checked on every request, so the grace period ends on time in
+    # every process without anyone telling it.
+    superseded_at: float | None = None
 
     def check_usable(self) -> None:
         if self.revoked:
             raise AuthenticationFailed(REVOKED_KEY_MESSAGE)
-        if self.expires_at is not None and self.expires_at <= time.time():
+        now = time.time()
+        if self.superseded_at is not None and self.superseded_at <= now:
+            raise AuthenticationFailed(ROTATED_KEY_MESSAGE)
+        if self.expires_at is not None and self.expires_at <= now:
             raise AuthenticationFailed(EXPIRED_KEY_MESSAGE)
 
     def may_use(self, model: str) -> bool:
         return not self.allowed_models or model in self.allowed_models
 
     @classmethod
-    def from_key(cls, key: ApiKey) -> KeyInfo:
+    def from_key(cls, key: ApiKey, *, digest: str | None = None) -> KeyInfo:
+        """The entry for `key` as found by `digest` (its current secret's, by default)."""
+        previous = digest is not None and digest == key.previous_digest
+        grace_end = key.previous_valid_until if previous else None
         return cls(
             id=key.pk,
             prefix=key.prefix,
@@ -75,15 +88,39 @@ class KeyInfo:
             expires_at=key.expires_at.timestamp() if key.expires_at else None,
             # A deactivated owner's keys stop working like revoked ones.
             revoked=key.revoked_at is not None or not key.owner.is_active,
+            superseded_at=(grace_end.timestamp() if grace_end else 0.0) if previous else None,
         )
+
+
+def key_for_digest(digest: str) -> ApiKey | None:
+    """The key whose current or previous secret has this digest (the one query for both)."""
+    return (
+        ApiKey.objects.select_related("owner")
+        .filter(Q(digest=digest) | Q(previous_digest=digest))
+        .first()
+    )
+
+
+def key_usable_error(key: ApiKey, digest: str) -> str | None:
+    """Why `key`, found by `digest`, cannot be used right now (None: it can)."""
+    try:
+        KeyInfo.from_key(key, digest=digest).check_usable()
+    except AuthenticationFailed as error:
+        return error.message
+    return None
 
 
 _keys_by_digest: EpochCache[str, KeyInfo | None] = EpochCache("api-keys")
 _fetches = SingleFlight()
 
 
-def _load(**lookup: Any) -> KeyInfo | None:
-    key = ApiKey.objects.select_related("owner").filter(**lookup).first()
+def _load_by_digest(digest: str) -> KeyInfo | None:
+    key = key_for_digest(digest)
+    return KeyInfo.from_key(key, digest=digest) if key is not None else None
+
+
+def _load_by_id(key_id: int) -> KeyInfo | None:
+    key = ApiKey.objects.select_related("owner").filter(pk=key_id).first()
     return KeyInfo.from_key(key) if key is not None else None
 
 
@@ -100,7 +137,7 @@ async def key_info_for_secret(secret: str) -> tuple[KeyInfo | None, str | None]:
 
     async def fetch() -> tuple[KeyInfo | None, str | None]:
         epoch = current_epoch()  # observed before the read, so the answer is valid for it
-        info = await run_db(functools.partial(_load, digest=digest))
+        info = await run_db(functools.partial(_load_by_digest, digest))
         _keys_by_digest.put(digest, info, epoch=epoch)
         return info, epoch
 
@@ -115,7 +152,7 @@ def key_known(secret: str) -> bool:
 
 async def key_info_for_id(key_id: int) -> KeyInfo | None:
     """For callers that hold a key id rather than its secret (the dashboard playground)."""
-    return await run_db(functools.partial(_load, pk=key_id))
+    return await run_db(functools.partial(_load_by_id, key_id))
 
 
 class ApiKeyAuthentication(authentication.BaseAuthentication):
@@ -129,15 +166,12 @@ class ApiKeyAuthentication(authentication.BaseAuthentication):
             secret = parse_bearer(header)
         except AuthenticationFailed as error:
             raise exceptions.AuthenticationFailed(error.message) from None
-        key = ApiKey.objects.select_related("owner").filter(digest=key_digest(secret)).first()
-        if key is None:
+        digest = key_digest(secret)
+        key = key_for_digest(digest)
+        if key is None or not key.owner.is_active:
             raise exceptions.AuthenticationFailed(INVALID_KEY_MESSAGE)
-        if key.revoked_at is not None:
-            raise exceptions.AuthenticationFailed(REVOKED_KEY_MESSAGE)
-        if key.expires_at is not None and key.expires_at <= timezone.now():
-            raise exceptions.AuthenticationFailed(EXPIRED_KEY_MESSAGE)
-        if not key.owner.is_active:
-            raise exceptions.AuthenticationFailed(INVALID_KEY_MESSAGE)
+        if (refusal := key_usable_error(key, digest)) is not None:
+            raise exceptions.AuthenticationFailed(refusal)
         return key.owner, key
 
     def authenticate_header(self, request: Any) -> str:

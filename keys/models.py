@@ -59,6 +59,14 @@ class ApiKey(models.Model):
     )
     prefix = models.CharField(max_length=16, db_index=True, editable=False)
     digest = models.CharField(max_length=64, unique=True, editable=False)
+    # After a rotation the previous secret keeps working until `previous_valid_until` (the
+    # grace period whoever rotated picked), so clients can switch over without an outage.
+    previous_digest = models.CharField(
+        max_length=64, unique=True, null=True, blank=True, editable=False
+    )
+    previous_prefix = models.CharField(max_length=16, blank=True, editable=False)
+    previous_valid_until = models.DateTimeField(null=True, blank=True, editable=False)
+    rotated_at = models.DateTimeField(null=True, blank=True, editable=False)
     created_at = models.DateTimeField(default=timezone.now, editable=False)
     last_used_at = models.DateTimeField(null=True, blank=True, editable=False)
     expires_at = models.DateTimeField(null=True, blank=True)
@@ -70,6 +78,10 @@ class ApiKey(models.Model):
     is_admin = models.BooleanField(
         default=False, help_text="Admin keys manage keys and models like an operator."
     )
+    # The limits an operator set on this key (only those they set): ceilings the key's owner
+    # or team admins may narrow but never widen (keys.services.key_update). A limit absent here
+    # is capped by the defaults anyone gets.
+    operator_limits = models.JSONField(default=dict, blank=True, editable=False)
 
     class Meta:
         ordering = ["-created_at", "-id"]

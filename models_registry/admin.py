@@ -5,6 +5,7 @@ from django.db.models import QuerySet
 from django.http import HttpRequest
 
 from infra.errors import NebulaError
+from keys.access import actor_for_user
 from models_registry import services
 from models_registry.models import DeployedModel, ModelEvent, UpstreamConfig, UpstreamReplica
 
@@ -74,6 +75,9 @@ class DeployedModelAdmin(admin.ModelAdmin[DeployedModel]):
         "owner",
         "state",
         "failure_reason",
+        "target_replicas",
+        "load_started_at",
+        "load_eta",
         "created_at",
         "updated_at",
     ]
@@ -87,6 +91,6 @@ class DeployedModelAdmin(admin.ModelAdmin[DeployedModel]):
     def undeploy(self, request: HttpRequest, queryset: QuerySet[DeployedModel]) -> None:
         for model in queryset:
             try:
-                services.model_undeploy(model=model)
+                services.model_undeploy(actor=actor_for_user(request.user), model=model)
             except NebulaError as error:
                 self.message_user(request, f"{model.name}: {error.message}", messages.WARNING)

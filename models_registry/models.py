@@ -4,10 +4,11 @@ from django.conf import settings
 from django.db import models
 from django.utils import timezone
 
-from models_registry.gpus import GPU_CHOICES, GPU_TYPES, NO_GPU, GpuType
+from models_registry.gpus import GPU_CHOICES, GPU_TYPES, NO_GPU, GpuType, weights_gb
 
 
 class ModelState(models.TextChoices):
+    QUEUED = "queued"  # waiting for free GPUs (NEBULA_GPU_INVENTORY)
     PENDING = "pending"
     LOADING = "loading"
     READY = "ready"
@@ -17,11 +18,21 @@ class ModelState(models.TextChoices):
 
 
 # States in which a deployment holds its name: a new deployment may reuse the name of a stopped
-# or failed one, which stays as history.
-LIVE_STATES = [ModelState.PENDING, ModelState.LOADING, ModelState.READY, ModelState.STOPPING]
+# or failed one, which it then replaces in listings (the old row stays as history).
+LIVE_STATES = [
+    ModelState.QUEUED,
+    ModelState.PENDING,
+    ModelState.LOADING,
+    ModelState.READY,
+    ModelState.STOPPING,
+]
+# States in which a deployment holds its GPUs (a stopping one until its requests drained).
+HOLDING_STATES = [ModelState.PENDING, ModelState.LOADING, ModelState.READY, ModelState.STOPPING]
+ENDED_STATES = [ModelState.STOPPED, ModelState.FAILED]
 
 # Every allowed move; anything may also fail.
 TRANSITIONS: dict[str, set[str]] = {
+    ModelState.QUEUED: {ModelState.PENDING, ModelState.STOPPED},
     ModelState.PENDING: {ModelState.LOADING, ModelState.STOPPING},
     ModelState.LOADING: {ModelState.READY, ModelState.STOPPING},
     ModelState.READY: {ModelState.STOPPING},
@@ -63,6 +74,13 @@ class DeployedModel(models.Model):
     )
     state = models.CharField(max_length=16, choices=ModelState.choices, default=ModelState.PENDING)
     failure_reason = models.TextField(blank=True)
+    # A scale-up under way: the replicas being loaded are not serving yet, so `replicas` (and
+    # the capacity) change only once they are.
+    target_replicas = models.PositiveSmallIntegerField(null=True, blank=True)
+    # The load under way (of the deployment, or of a scale-up's new replicas): when it started
+    # and when it will be done, in real time (simulated time × NEBULA_SIM_TIME_SCALE).
+    load_started_at = models.DateTimeField(null=True, blank=True)
+    load_eta = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -89,6 +107,13 @@ class DeployedModel(models.Model):
         return GPU_TYPES.get(self.gpu_type, NO_GPU)
 
     @property
+    def gpus_held(self) -> int:
+        """GPUs this deployment occupies now (a scale-up's new replicas included)."""
+        if self.state not in HOLDING_STATES:
+            return 0
+        return self.gpus_per_replica * max(self.replicas, self.target_replicas or 0)
+
+    @property
     def capacity(self) -> int:
         """Sequences the deployment serves at once, across every worker."""
         return self.replicas * self.max_concurrent_seqs
@@ -99,7 +124,15 @@ class DeployedModel(models.Model):
 
     @property
     def weights_gb(self) -> float:
-        return self.parameters * 2 / 1e9  # bf16
+        return weights_gb(self.parameters)
+
+
+def gpus_in_use(gpu_type: str, *, exclude_pk: int | None = None) -> int:
+    """GPUs of this type held by live deployments (all but `exclude_pk`, if given)."""
+    rows = DeployedModel.objects.filter(gpu_type=gpu_type, state__in=HOLDING_STATES)
+    if exclude_pk is not None:
+        rows = rows.exclude(pk=exclude_pk)
+    return sum(model.gpus_held for model in rows)
 
 
 class ModelEvent(models.Model):

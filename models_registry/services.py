@@ -1,16 +1,18 @@
-"""Model deployments: deploy, scale, undeploy, and the lifecycle the Celery tasks drive."""
+"""Model deployments: deploy (or queue), scale, undeploy and delete, and the lifecycle the
+Celery tasks drive. Operators' actions are checked here (`keys.access`) and audited in the
+transaction that performs them; the fit maths lives with the GPU catalogue (`gpus.py`), the
+representation in `serializers.py`."""
 
 from __future__ import annotations
 
 import logging
 import re
 import time
-from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, Required, Unpack
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
 from inference.slots import capacity_publish, slots_in_use
@@ -19,127 +21,80 @@ from infra.errors import Conflict, InvalidRequest
 from infra.events import FLEET_GROUP, ModelEventPayload, broadcast_on_commit
 from infra.redis_client import REDIS_ERRORS
 from infra.tasks import enqueue_on_commit, send_task
-from keys.access import Actor
+from keys.access import SYSTEM, Actor, require_operator
 from models_registry.access import fleet_for
-from models_registry.gpus import GPU_TYPES, NO_GPU, GpuType, gpu_type
+from models_registry.gpus import (
+    GPU_TYPES,
+    NO_GPU,
+    GpuShortage,
+    GpuType,
+    fit_failure_message,
+    gpu_shortage,
+    gpu_type,
+    load_time,
+    model_fit,
+)
 from models_registry.models import (
+    ENDED_STATES,
+    HOLDING_STATES,
     LIVE_STATES,
     TRANSITIONS,
     Backend,
     DeployedModel,
     ModelEvent,
     ModelState,
+    gpus_in_use,
 )
+from models_registry.serializers import deployment_data
 from models_registry.upstreams import (
     CleanUpstream,
     UpstreamSpec,
     upstream_create,
-    upstream_serialize,
     upstream_validate,
     upstream_wait_ready,
 )
+from telemetry.audit import audit_by
 
 logger = logging.getLogger(__name__)
 
 # The lifecycle tasks (models_registry.tasks), sent by name: they call back into this module.
 LOAD_MODEL_TASK = "models_registry.load_model"
 STOP_MODEL_TASK = "models_registry.stop_model"
+SCALE_MODEL_TASK = "models_registry.scale_model"
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
-# Keep ~10% of GPU memory free for activations and the KV cache.
-MEMORY_HEADROOM = 0.9
-# Simulated rate at which weights stream from storage into GPU memory.
-LOAD_BANDWIDTH_GB_S = 2.0
 MAX_GPUS_PER_REPLICA = 16
 MAX_REPLICAS = 64
 MAX_CONCURRENT_SEQS = 1024
 MAX_CONTEXT_LENGTH = 1_048_576
-
-
-@dataclass(frozen=True)
-class Fit:
-    needed_gb: float
-    usable_gb: float
-
-    @property
-    def fits(self) -> bool:
-        return self.needed_gb <= self.usable_gb
-
-
-def model_fit(*, parameters: int, gpu: GpuType, gpus_per_replica: int) -> Fit:
-    """Do bf16 weights fit in one replica's GPUs, keeping the headroom free?"""
-    return Fit(
-        needed_gb=parameters * 2 / 1e9,
-        usable_gb=gpu.memory_gb * gpus_per_replica * MEMORY_HEADROOM,
-    )
-
-
-def fit_failure_message(model: DeployedModel, fit: Fit) -> str:
-    return (
-        f"{model.name} does not fit: its bf16 weights need {fit.needed_gb:.1f} GB, but "
-        f"{model.gpus_per_replica} × {model.gpu.name} ({model.gpu.memory_gb:g} GB each) leave "
-        f"{fit.usable_gb:.1f} GB usable after {100 - MEMORY_HEADROOM * 100:.0f}% headroom. "
-        f"Use more GPUs per replica or a larger GPU."
-    )
+# Serializes the decisions about free GPUs on PostgreSQL (an arbitrary, fixed lock id);
+# SQLite's IMMEDIATE transactions already run one writer at a time.
+FLEET_LOCK_ID = 0x4E_45_42_55
 
 
 def load_seconds(model: DeployedModel) -> float:
-    """Simulated time to stream the weights into GPU memory."""
-    return model.weights_gb / LOAD_BANDWIDTH_GB_S
-
-
-def serialize_model(model: DeployedModel) -> dict[str, Any]:
-    """The public representation, shared by the API and the dashboard's live events."""
-    fit = model_fit(
+    """Simulated time for the deployment's replicas to load (side by side)."""
+    return load_time(
         parameters=model.parameters, gpu=model.gpu, gpus_per_replica=model.gpus_per_replica
-    )
-    return {
-        "id": model.name,
-        "pk": model.pk,
-        "name": model.name,
-        "state": model.state,
-        "params_billions": round(model.params_billions, 3),
-        "parameters": model.parameters,
-        "gpu_type": model.gpu_type,
-        "gpus_per_replica": model.gpus_per_replica,
-        "replicas": model.replicas,
-        "max_concurrent_seqs": model.max_concurrent_seqs,
-        "capacity": model.capacity,
-        "context_length": model.context_length,
-        "weights_gb": round(fit.needed_gb, 2),
-        "failure_reason": model.failure_reason or None,
-        "owner": model.owner.get_username() if model.owner_id and model.owner else None,
-        "created_at": model.created_at.isoformat(),
-        "updated_at": model.updated_at.isoformat() if model.updated_at else None,
-        "backend": model.backend,
-        "upstream": upstream_serialize(model),
-    }
-
-
-# What a user (not an operator) may not see of a deployment: who runs it and on what hardware.
-PRIVATE_FIELDS = (
-    "owner",
-    "gpu_type",
-    "gpus_per_replica",
-    "replicas",
-    "failure_reason",
-    "backend",
-    "upstream",
-)
-
-
-def serialize_model_for(model: DeployedModel, *, operator: bool) -> dict[str, Any]:
-    """`serialize_model`, minus the fleet's inner workings unless the reader is an operator."""
-    data = serialize_model(model)
-    if not operator:
-        for private in PRIVATE_FIELDS:
-            data.pop(private, None)
-    return data
+    ).seconds
 
 
 def fleet_snapshot(actor: Actor) -> list[dict[str, Any]]:
     """The dashboard's fleet as `actor` may see it (see `access.fleet_for`)."""
-    return [serialize_model_for(m, operator=actor.is_operator) for m in fleet_for(actor)]
+    return [deployment_data(m, operator=actor.is_operator) for m in fleet_for(actor)]
+
+
+def fleet_gpus() -> dict[str, dict[str, int]]:
+    """Each GPU type of the inventory: how many there are, and how many are free."""
+    inventory: dict[str, int] = settings.NEBULA_GPU_INVENTORY
+    result = {}
+    for key, total in inventory.items():
+        used = gpus_in_use(key)
+        result[key] = {"total": total, "in_use": used, "free": max(total - used, 0)}
+    return result
+
+
+# --- Side effects ---------------------------------------------------------------------------------
 
 
 def _publish_capacities() -> None:
@@ -155,12 +110,58 @@ def _announce(model: DeployedModel) -> None:
     capacity, dashboards redraw the badge."""
     epoch_bump_on_commit()
     transaction.on_commit(_publish_capacities)
-    payload: ModelEventPayload = {"type": "fleet.model", "model": serialize_model(model)}
+    payload: ModelEventPayload = {
+        "type": "fleet.model",
+        "model": deployment_data(model, operator=True),
+    }
     broadcast_on_commit(FLEET_GROUP, payload)
 
 
 def _record(model: DeployedModel, from_state: str, to_state: str, note: str = "") -> None:
     ModelEvent.objects.create(model=model, from_state=from_state, to_state=to_state, note=note)
+
+
+def deployment_snapshot(model: DeployedModel) -> dict[str, Any]:
+    """What the audit log keeps of a deployment."""
+    return {
+        "name": model.name,
+        "state": model.state,
+        "params_billions": round(model.params_billions, 3),
+        "gpu_type": model.gpu_type,
+        "gpus_per_replica": model.gpus_per_replica,
+        "replicas": model.replicas,
+        "target_replicas": model.target_replicas,
+        "max_concurrent_seqs": model.max_concurrent_seqs,
+        "context_length": model.context_length,
+    }
+
+
+def _audit(actor: Actor, action: str, model: DeployedModel, **change: Any) -> None:
+    audit_by(actor, action, target_type="deployment", target=model, label=model.name, **change)
+
+
+def _lock_fleet() -> None:
+    """Inside a transaction: one decision about free GPUs at a time, fleet-wide."""
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [FLEET_LOCK_ID])
+
+
+def _scaled(seconds: float) -> timedelta:
+    return timedelta(seconds=seconds * settings.NEBULA_SIM_TIME_SCALE)
+
+
+def _wait_for(deadline: datetime, still_wanted: Any) -> bool:
+    """Sleep until `deadline` in short steps (an undeploy is noticed within a second, and each
+    step tells the reconciler the loader is alive). False once `still_wanted()` is False."""
+    while (left := (deadline - timezone.now()).total_seconds()) > 0:
+        time.sleep(min(left, 1.0))
+        if not still_wanted():
+            return False
+    return True
+
+
+# --- Deploying ------------------------------------------------------------------------------------
 
 
 class DeploymentSpec(UpstreamSpec, total=False):
@@ -227,10 +228,57 @@ def validate_deployment(spec: DeploymentSpec) -> GpuType:
     return found
 
 
+def _shortage(model: DeployedModel, *, needed: int) -> GpuShortage | None:
+    held = gpus_in_use(model.gpu_type, exclude_pk=model.pk)
+    return gpu_shortage(
+        gpu=model.gpu, needed=needed, held=held, inventory=settings.NEBULA_GPU_INVENTORY
+    )
+
+
+def _gpus_refused(model: DeployedModel, shortage: GpuShortage, *, param: str) -> InvalidRequest:
+    if shortage.needed > shortage.total:
+        hint = "The fleet does not have that many: use fewer replicas or another GPU type."
+    else:
+        hint = (
+            "Undeploy something first, or deploy with queue: true to wait for the GPUs."
+            if param != "replicas"
+            else "Undeploy something first, or scale to fewer replicas."
+        )
+    return InvalidRequest(
+        f"{model.name} cannot be placed: {shortage.describe()}. {hint}",
+        param=param,
+        code="insufficient_gpus",
+    )
+
+
+def _placement(model: DeployedModel, *, queue: bool) -> tuple[ModelState, str]:
+    """Pending (GPUs free now) or queued (the operator asked to wait), else 400. First come,
+    first served: while deployments wait for a GPU type, a newcomer waits behind them."""
+    needed = model.gpus_per_replica * model.replicas
+    shortage = _shortage(model, needed=needed)
+    waiting = DeployedModel.objects.filter(gpu_type=model.gpu_type, state=ModelState.QUEUED)
+    if shortage is None and not waiting.exists():
+        return ModelState.PENDING, "deployment requested"
+    if shortage is not None and shortage.needed > shortage.total:
+        raise _gpus_refused(model, shortage, param="replicas")
+    if not queue:
+        if shortage is None:
+            raise InvalidRequest(
+                f"{model.name} cannot be placed now: {waiting.count()} deployment(s) wait for "
+                f"{model.gpu.name} GPUs ahead of it. Deploy with queue: true to wait in line.",
+                param="gpu_type",
+                code="insufficient_gpus",
+            )
+        raise _gpus_refused(model, shortage, param="gpu_type")
+    reason = shortage.describe() if shortage else "behind deployments queued earlier"
+    return ModelState.QUEUED, f"queued: {reason}"
+
+
 def _create_deployment(
-    *, owner: Any, state: ModelState, note: str, spec: DeploymentSpec
+    *, actor: Actor, spec: DeploymentSpec, queue: bool, ready: bool = False
 ) -> DeployedModel:
-    """Validate and create a deployment in `state`, inside the caller's transaction."""
+    """Validate, check the fit and the free GPUs, and create the deployment, inside the
+    caller's transaction."""
     gpu = validate_deployment(spec)
     full: dict[str, Any] = {**DEPLOYMENT_DEFAULTS, **spec}
     name = full["name"]
@@ -243,14 +291,8 @@ def _create_deployment(
                 param="replicas",
             )
         full["replicas"] = len(upstream.urls)
-    if DeployedModel.objects.filter(name=name, state__in=LIVE_STATES).exists():
-        raise InvalidRequest(
-            f"A deployment named '{name}' already exists. Undeploy it first or pick another name.",
-            param="name",
-            code="duplicate_name",
-        )
     model = DeployedModel(
-        owner=owner,
+        owner=actor.user,
         name=name,
         backend=full.get("backend", Backend.SIMULATED),
         parameters=round((full.get("params_billions") or 0) * 1e9),
@@ -259,14 +301,33 @@ def _create_deployment(
         replicas=full["replicas"],
         max_concurrent_seqs=full["max_concurrent_seqs"],
         context_length=full["context_length"],
-        state=state,
     )
-    if state == ModelState.READY and upstream is None:  # skipping the load skips its fit check
-        fit = model_fit(
-            parameters=model.parameters, gpu=gpu, gpus_per_replica=model.gpus_per_replica
+    # A model too large for its GPUs is refused now, with the numbers (it used to be accepted
+    # and fail while loading), queue or not: waiting would not make it fit. An engine we do not
+    # run brings its own GPUs: no fit, no placement.
+    fit = model_fit(parameters=model.parameters, gpu=gpu, gpus_per_replica=model.gpus_per_replica)
+    if upstream is None and not fit.fits:
+        raise InvalidRequest(
+            fit_failure_message(
+                name=name, gpu=gpu, gpus_per_replica=model.gpus_per_replica, fit=fit
+            ),
+            param="gpus_per_replica",
+            code="model_does_not_fit",
         )
-        if not fit.fits:
-            raise InvalidRequest(fit_failure_message(model, fit), param="gpus_per_replica")
+    if DeployedModel.objects.filter(name=name, state__in=LIVE_STATES).exists():
+        raise InvalidRequest(
+            f"A deployment named '{name}' already exists. Undeploy it first or pick another name.",
+            param="name",
+            code="duplicate_name",
+        )
+    _lock_fleet()
+    if upstream is None:
+        state, note = _placement(model, queue=queue)
+    else:
+        state, note = ModelState.PENDING, "deployment requested"
+    if ready and state == ModelState.PENDING:
+        state, note = ModelState.READY, "seeded ready"
+    model.state = state
     try:
         with transaction.atomic():
             model.save()
@@ -278,17 +339,20 @@ def _create_deployment(
         ) from None
     _record(model, "", state, note)
     _announce(model)
-    return model
-
-
-def model_deploy(*, owner: Any, **spec: Unpack[DeploymentSpec]) -> DeployedModel:
-    """Create a pending deployment and start loading it on a worker."""
-    with transaction.atomic():
-        model = _create_deployment(
-            owner=owner, state=ModelState.PENDING, note="deployment requested", spec=spec
-        )
+    _audit(actor, "model.deploy", model, after=deployment_snapshot(model))
+    if state == ModelState.PENDING:
         enqueue_on_commit(LOAD_MODEL_TASK, model.pk)
     return model
+
+
+def model_deploy(
+    *, actor: Actor, queue: bool = False, **spec: Unpack[DeploymentSpec]
+) -> DeployedModel:
+    """Deploy a model: it loads on a worker at once if it fits and its GPUs are free; with
+    `queue`, it waits for busy GPUs (state `queued`) instead of being refused."""
+    require_operator(actor)
+    with transaction.atomic():
+        return _create_deployment(actor=actor, spec=spec, queue=queue)
 
 
 def model_seed_ready(*, owner: Any, **spec: Unpack[DeploymentSpec]) -> tuple[DeployedModel, bool]:
@@ -296,18 +360,26 @@ def model_seed_ready(*, owner: Any, **spec: Unpack[DeploymentSpec]) -> tuple[Dep
     existing = DeployedModel.objects.filter(name=spec["name"], state__in=LIVE_STATES).first()
     if existing is not None:
         return existing, False
+    actor = SYSTEM if owner is None else Actor(user=owner, system=True)
     with transaction.atomic():
-        model = _create_deployment(
-            owner=owner, state=ModelState.READY, note="seeded ready", spec=spec
-        )
+        model = _create_deployment(actor=actor, spec=spec, queue=False, ready=True)
     return model, True
+
+
+# --- The lifecycle --------------------------------------------------------------------------------
 
 
 @transaction.atomic
 def model_transition(
-    *, model_id: int, to_state: str, expect: set[str] | None = None, note: str = ""
+    *,
+    model_id: int,
+    to_state: str,
+    expect: set[str] | None = None,
+    note: str = "",
+    fields: dict[str, Any] | None = None,
 ) -> DeployedModel | None:
-    """Move a deployment to `to_state` if that is a legal move from where it is now.
+    """Move a deployment to `to_state` if that is a legal move from where it is now (setting
+    `fields` too).
 
     Returns the updated deployment, or None when the move no longer applies (the deployment is
     gone, or someone else moved it first, e.g. an undeploy while it was loading).
@@ -320,22 +392,55 @@ def model_transition(
         return None
     if to_state != ModelState.FAILED and to_state not in TRANSITIONS[current]:
         return None
-    if to_state == ModelState.FAILED and current in (ModelState.STOPPED, ModelState.FAILED):
+    if to_state == ModelState.FAILED and current in ENDED_STATES:
         return None
     model.state = to_state
+    changed = {"state", "updated_at", *(fields or {})}
+    for name, value in (fields or {}).items():
+        setattr(model, name, value)
     if to_state == ModelState.FAILED:
         model.failure_reason = note
-    model.save(update_fields=["state", "failure_reason", "updated_at"])
+        changed.add("failure_reason")
+    if to_state in ENDED_STATES or to_state == ModelState.STOPPING:
+        model.target_replicas = model.load_started_at = model.load_eta = None
+        changed |= {"target_replicas", "load_started_at", "load_eta"}
+    model.save(update_fields=sorted(changed))
     _record(model, current, to_state, note)
     _announce(model)
+    if to_state in ENDED_STATES and current in HOLDING_STATES:
+        transaction.on_commit(fleet_dispatch)  # its GPUs are free for the queue
     return model
 
 
+def fleet_dispatch() -> int:
+    """Start the queued deployments whose GPUs are now free, first come, first served per GPU
+    type. Returns how many started."""
+    started = 0
+    with transaction.atomic():
+        _lock_fleet()
+        blocked: set[str] = set()
+        queued = DeployedModel.objects.filter(state=ModelState.QUEUED).order_by("created_at", "pk")
+        for model in queued:
+            if model.gpu_type in blocked:
+                continue
+            if _shortage(model, needed=model.gpus_per_replica * model.replicas) is not None:
+                blocked.add(model.gpu_type)  # nobody overtakes the head of its line
+                continue
+            if model_transition(
+                model_id=model.pk,
+                to_state=ModelState.PENDING,
+                expect={ModelState.QUEUED},
+                note="GPUs free: loading",
+            ):
+                enqueue_on_commit(LOAD_MODEL_TASK, model.pk)
+                started += 1
+    return started
+
+
 def model_load(*, model_id: int) -> None:
-    """The deployment task's work: check the fit, simulate streaming the weights, go ready."""
-    model = model_transition(
-        model_id=model_id, to_state=ModelState.LOADING, expect={ModelState.PENDING}
-    )
+    """The deployment task's work: simulate loading the weights (with its progress and ETA on
+    the row), then go ready."""
+    model = DeployedModel.objects.filter(pk=model_id).first()
     if model is None:
         return
     if model.backend == Backend.OPENAI_COMPATIBLE:
@@ -344,24 +449,32 @@ def model_load(*, model_id: int) -> None:
     fit = model_fit(
         parameters=model.parameters, gpu=model.gpu, gpus_per_replica=model.gpus_per_replica
     )
-    if not fit.fits:
-        model_transition(
-            model_id=model_id, to_state=ModelState.FAILED, note=fit_failure_message(model, fit)
+    if not fit.fits:  # checked at submit time; a deployment from before that still fails here
+        message = fit_failure_message(
+            name=model.name, gpu=model.gpu, gpus_per_replica=model.gpus_per_replica, fit=fit
         )
+        model_transition(model_id=model_id, to_state=ModelState.FAILED, note=message)
         return
     seconds = load_seconds(model)
-    deadline = time.monotonic() + seconds * settings.NEBULA_SIM_TIME_SCALE
-    # Sleep in short steps: an undeploy during loading is noticed within a second, and touching
-    # updated_at tells the reconciler this loader is alive.
-    while (left := deadline - time.monotonic()) > 0:
-        time.sleep(min(left, 1.0))
-        if not _still_loading(model_id):
-            return
+    now = timezone.now()
+    eta = now + _scaled(seconds)
+    model = model_transition(
+        model_id=model_id,
+        to_state=ModelState.LOADING,
+        expect={ModelState.PENDING},
+        fields={"load_started_at": now, "load_eta": eta},
+    )
+    if model is None:
+        return
+
+    if not _wait_for(eta, lambda: _still_loading(model_id)):
+        return
     model_transition(
         model_id=model_id,
         to_state=ModelState.READY,
         expect={ModelState.LOADING},
         note=f"loaded {model.weights_gb:.1f} GB of weights in {seconds:.1f} s (simulated)",
+        fields={"load_started_at": None, "load_eta": None},
     )
 
 
@@ -377,6 +490,12 @@ def _still_loading(model_id: int) -> bool:
 
 def _upstream_load(model: DeployedModel) -> None:
     """An upstream deployment needs no GPUs of ours: it is ready once a replica answers."""
+    model = (
+        model_transition(
+            model_id=model.pk, to_state=ModelState.LOADING, expect={ModelState.PENDING}
+        )
+        or model
+    )
     ready, note = upstream_wait_ready(model=model, still_loading=lambda: _still_loading(model.pk))
     if ready is None:
         return  # undeployed meanwhile
@@ -388,7 +507,7 @@ def _upstream_load(model: DeployedModel) -> None:
     )
 
 
-def model_scale(*, model: DeployedModel, replicas: int) -> DeployedModel:
+def _check_replicas(replicas: Any) -> None:
     if (
         isinstance(replicas, bool)
         or not isinstance(replicas, int)
@@ -397,6 +516,14 @@ def model_scale(*, model: DeployedModel, replicas: int) -> DeployedModel:
         raise InvalidRequest(
             f"replicas must be a whole number from 1 to {MAX_REPLICAS}.", param="replicas"
         )
+
+
+def model_scale(*, actor: Actor, model: DeployedModel, replicas: int) -> DeployedModel:
+    """Scale a ready deployment. Down is at once; up loads the new replicas first (the
+    deployment serves on the replicas it has meanwhile, `progress` says how far it is), and
+    needs their GPUs free."""
+    require_operator(actor)
+    _check_replicas(replicas)
     if model.backend == Backend.OPENAI_COMPATIBLE:
         raise InvalidRequest(
             "An upstream deployment has one replica per upstream URL: deploy it again with the "
@@ -404,6 +531,7 @@ def model_scale(*, model: DeployedModel, replicas: int) -> DeployedModel:
             param="replicas",
         )
     with transaction.atomic():
+        _lock_fleet()
         locked = DeployedModel.objects.select_for_update().get(pk=model.pk)
         if locked.state != ModelState.READY:
             raise Conflict(
@@ -411,39 +539,130 @@ def model_scale(*, model: DeployedModel, replicas: int) -> DeployedModel:
                 param="replicas",
                 code="invalid_state",
             )
-        before = locked.replicas
-        if before != replicas:
-            locked.replicas = replicas
-            locked.save(update_fields=["replicas", "updated_at"])
-            _record(
-                locked,
-                locked.state,
-                locked.state,
-                f"scaled {before} → {replicas} replicas (capacity {locked.capacity})",
+        before = deployment_snapshot(locked)
+        current, target = locked.replicas, locked.target_replicas
+        if replicas == (target or current):
+            return locked  # already there, or already on the way
+        if replicas <= current:
+            capacity = locked.max_concurrent_seqs * replicas
+            note = f"scaled {current} → {replicas} replicas (capacity {capacity})"
+            if replicas == current:
+                note = f"scale-up to {target} replicas cancelled"
+            locked.replicas, locked.target_replicas = replicas, None
+            locked.load_started_at = locked.load_eta = None
+            transaction.on_commit(fleet_dispatch)  # fewer GPUs held: the queue may move
+        else:
+            shortage = _shortage(locked, needed=locked.gpus_per_replica * replicas)
+            if shortage is not None:
+                raise _gpus_refused(locked, shortage, param="replicas")
+            seconds = load_seconds(locked)
+            now = timezone.now()
+            locked.target_replicas = replicas
+            locked.load_started_at, locked.load_eta = now, now + _scaled(seconds)
+            note = (
+                f"scaling {current} → {replicas} replicas: loading {replicas - current} new "
+                f"replica(s), {seconds:.1f} s (simulated)"
             )
-            _announce(locked)
+            started = locked.load_started_at.isoformat()
+            enqueue_on_commit(SCALE_MODEL_TASK, locked.pk, started)
+        locked.save()
+        _record(locked, locked.state, locked.state, note)
+        _announce(locked)
+        _audit(actor, "model.scale", locked, before=before, after=deployment_snapshot(locked))
     return locked
 
 
-def model_undeploy(*, model: DeployedModel) -> DeployedModel:
-    """Stop serving: new requests get 404 at once; requests in flight finish, then it stops."""
+def model_scale_load(*, model_id: int, started: str) -> None:
+    """The scale task's work: load the new replicas, then let them serve. `started` names the
+    scale-up (a newer one, a scale-down or an undeploy makes this one moot)."""
+    started_at = datetime.fromisoformat(started)
+    model = DeployedModel.objects.filter(pk=model_id, load_started_at=started_at).first()
+    if model is None or model.load_eta is None or not model.target_replicas:
+        return
+
+    def still_scaling() -> bool:
+        touched = DeployedModel.objects.filter(
+            pk=model_id, state=ModelState.READY, load_started_at=started_at
+        ).update(updated_at=timezone.now())
+        return bool(touched)
+
+    if not _wait_for(model.load_eta, still_scaling):
+        return
     with transaction.atomic():
+        locked = (
+            DeployedModel.objects.select_for_update()
+            .filter(pk=model_id, state=ModelState.READY, load_started_at=started_at)
+            .first()
+        )
+        if locked is None or not locked.target_replicas:
+            return
+        before = locked.replicas
+        locked.replicas, locked.target_replicas = locked.target_replicas, None
+        locked.load_started_at = locked.load_eta = None
+        locked.save()
+        _record(
+            locked,
+            locked.state,
+            locked.state,
+            f"scaled {before} → {locked.replicas} replicas (capacity {locked.capacity})",
+        )
+        _announce(locked)
+
+
+def model_undeploy(*, actor: Actor, model: DeployedModel) -> DeployedModel:
+    """Stop serving: new requests get 404 at once; requests in flight finish, then it stops. A
+    queued deployment just leaves the queue."""
+    require_operator(actor)
+    with transaction.atomic():
+        before = deployment_snapshot(model)
         updated = model_transition(
             model_id=model.pk,
-            to_state=ModelState.STOPPING,
-            expect={ModelState.PENDING, ModelState.LOADING, ModelState.READY},
-            note="undeploy requested",
+            to_state=ModelState.STOPPED,
+            expect={ModelState.QUEUED},
+            note="undeployed while queued",
         )
-        if updated is None:
-            current = DeployedModel.objects.get(pk=model.pk)
-            if current.state in (ModelState.STOPPING, ModelState.STOPPED):
-                return current
+        if updated is not None:
+            transaction.on_commit(fleet_dispatch)  # the line behind it may move up
+        else:
+            updated = model_transition(
+                model_id=model.pk,
+                to_state=ModelState.STOPPING,
+                expect={ModelState.PENDING, ModelState.LOADING, ModelState.READY},
+                note="undeploy requested",
+            )
+            if updated is None:
+                current = DeployedModel.objects.get(pk=model.pk)
+                if current.state in (ModelState.STOPPING, ModelState.STOPPED):
+                    return current
+                raise Conflict(
+                    f"'{current.name}' is {current.state} and cannot be undeployed.",
+                    code="invalid_state",
+                )
+            enqueue_on_commit(STOP_MODEL_TASK, model.pk)
+        _audit(actor, "model.undeploy", updated, before=before, after=deployment_snapshot(updated))
+    return updated
+
+
+def model_delete(*, actor: Actor, model: DeployedModel) -> dict[str, Any]:
+    """Remove a stopped or failed deployment from the fleet's listings (its name's history
+    goes with it; the audit log keeps what it was). A live one must be undeployed first."""
+    require_operator(actor)
+    with transaction.atomic():
+        locked = DeployedModel.objects.select_for_update().filter(pk=model.pk).first()
+        if locked is None:
+            return {"id": model.name, "object": "deployment", "deleted": True}
+        if locked.state not in ENDED_STATES:
             raise Conflict(
-                f"'{current.name}' is {current.state} and cannot be undeployed.",
+                f"'{locked.name}' is {locked.state}: undeploy it before deleting it.",
                 code="invalid_state",
             )
-        enqueue_on_commit(STOP_MODEL_TASK, model.pk)
-    return updated
+        _audit(actor, "model.delete", locked, before=deployment_snapshot(locked))
+        DeployedModel.objects.filter(name=locked.name, state__in=ENDED_STATES).delete()
+        broadcast_on_commit(
+            FLEET_GROUP,
+            {"type": "fleet.model", "model": {"name": locked.name, "deleted": True}},
+        )
+    return {"id": locked.name, "object": "deployment", "deleted": True}
 
 
 def model_stop(*, model_id: int, drain_seconds: float = 30.0) -> None:
@@ -463,10 +682,11 @@ def model_stop(*, model_id: int, drain_seconds: float = 30.0) -> None:
 
 
 def model_reconcile(*, stale_after: float = 30.0) -> int:
-    """Resend work for deployments stuck in a transitional state (a lost message, a dead worker).
+    """Resend work for deployments stuck in a transitional state (a lost message, a dead worker),
+    and start queued deployments whose GPUs are free.
 
-    Loading and stopping are idempotent, so resending is safe even if the original is still
-    running. Returns how many deployments were nudged.
+    Loading, scaling and stopping are idempotent, so resending is safe even if the original is
+    still running. Returns how many deployments were nudged.
     """
     cutoff = timezone.now() - timedelta(seconds=stale_after)
     nudged = 0
@@ -478,7 +698,10 @@ def model_reconcile(*, stale_after: float = 30.0) -> int:
             # Its loader died mid-way: start over from pending.
             with transaction.atomic():
                 DeployedModel.objects.filter(pk=model.pk, state=ModelState.LOADING).update(
-                    state=ModelState.PENDING, updated_at=timezone.now()
+                    state=ModelState.PENDING,
+                    updated_at=timezone.now(),
+                    load_started_at=None,
+                    load_eta=None,
                 )
                 _record(model, ModelState.LOADING, ModelState.PENDING, "loader lost; retrying")
             send_task(LOAD_MODEL_TASK, model.pk)
@@ -489,4 +712,15 @@ def model_reconcile(*, stale_after: float = 30.0) -> int:
             DeployedModel.objects.filter(pk=model.pk).update(updated_at=timezone.now())
             send_task(STOP_MODEL_TASK, model.pk)
         nudged += 1
-    return nudged
+    stalled_scales = DeployedModel.objects.filter(
+        state=ModelState.READY,
+        target_replicas__isnull=False,
+        load_started_at__isnull=False,
+        updated_at__lt=cutoff,
+    )
+    for model in stalled_scales:
+        DeployedModel.objects.filter(pk=model.pk).update(updated_at=timezone.now())
+        assert model.load_started_at is not None
+        send_task(SCALE_MODEL_TASK, model.pk, model.load_started_at.isoformat())
+        nudged += 1
+    return nudged + fleet_dispatch()

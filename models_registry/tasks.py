@@ -15,3 +15,8 @@ def load_model(model_id: int) -> None:
 @shared_task(name=services.STOP_MODEL_TASK, ignore_result=True)
 def stop_model(model_id: int) -> None:
     services.model_stop(model_id=model_id)
+
+
+@shared_task(name=services.SCALE_MODEL_TASK, ignore_result=True)
+def scale_model(model_id: int, started: str) -> None:
+    services.model_scale_load(model_id=model_id, started=started)

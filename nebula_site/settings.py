@@ -76,6 +76,10 @@ NEBULA_REDIS_TIMEOUT = env.float("NEBULA_REDIS_TIMEOUT", 2.0, validate=POSITIVE)
 # Upper bound on how long a key or model change can go unnoticed by a web process if the change
 # notification could not reach Redis (normally changes are seen on the very next request).
 NEBULA_CACHE_TTL = env.float("NEBULA_CACHE_TTL", 60.0, validate=POSITIVE)
+# The fleet's GPUs, e.g. "H100-80GB=8,L4=4": deployments needing more than are free are refused
+# (or queued). Empty: the simulated cloud has as many GPUs as anyone asks for. Checked against
+# the GPU catalogue when the app loads (models_registry.apps).
+NEBULA_GPU_INVENTORY: dict[str, int] = env.dict("NEBULA_GPU_INVENTORY", {}, subcast_values=int)
 # Threads that run simulated inference in one worker process (or in-process when standalone).
 NEBULA_WORKER_CONCURRENCY = env.int("NEBULA_WORKER_CONCURRENCY", 64, validate=POSITIVE)
 # Background duties of each worker process: moving usage records from Redis into the database,
@@ -342,6 +346,11 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
+    # A team member's "role" is not a chat message's "role".
+    "ENUM_NAME_OVERRIDES": {
+        "TeamRoleEnum": "keys.models.TeamRole",
+        "BackendEnum": "models_registry.models.Backend",
+    },
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",
         "inference.openapi.add_openai_paths",

@@ -44,7 +44,10 @@ urlpatterns = [
 if settings.NEBULA_BENCH_BASELINE:
     urlpatterns.append(path("bench/baseline", inference_views.baseline, name="bench-baseline"))
 
-_API_PREFIXES = ("/v1/", "/apikeys", "/models", "/metrics", "/health", "/api/", "/bench/")
+_API_PREFIXES = (
+    *("/v1/", "/apikeys", "/models", "/metrics", "/health", "/api/", "/bench/"),
+    *("/teams", "/audit"),
+)
 
 
 def _is_api(request: HttpRequest) -> bool:

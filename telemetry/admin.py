@@ -3,7 +3,8 @@ from __future__ import annotations
 from django.contrib import admin
 from django.http import HttpRequest
 
-from telemetry.models import UsageRecord
+from telemetry.audit import AUDIT_FIELDS
+from telemetry.models import AuditEvent, UsageRecord
 
 
 @admin.register(UsageRecord)
@@ -45,4 +46,26 @@ class UsageRecordAdmin(admin.ModelAdmin[UsageRecord]):
         return False
 
     def has_delete_permission(self, request: HttpRequest, obj: UsageRecord | None = None) -> bool:
+        return False
+
+
+@admin.register(AuditEvent)
+class AuditEventAdmin(admin.ModelAdmin[AuditEvent]):
+    """Read-only: the audit log is what operators did, and stays that way."""
+
+    list_display = ["created_at", "actor_label", "action", "target_type", "target_label"]
+    list_filter = ["action", "target_type", "created_at"]
+    search_fields = ["actor_label", "action", "target_id", "target_label"]
+    date_hierarchy = "created_at"
+    readonly_fields = ["actor_label", *AUDIT_FIELDS]
+    fields = list(readonly_fields)
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: AuditEvent | None = None) -> bool:
+        # Viewing the change page needs "change" or "view": staff see it read-only.
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: AuditEvent | None = None) -> bool:
         return False

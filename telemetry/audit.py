@@ -7,9 +7,25 @@ plain, already-redacted snapshots (`before`/`after`).
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
+from django.db.models import QuerySet
+
+from keys.access import Actor
 from telemetry.models import AuditEvent
+
+# What the API and the admin show of an entry.
+AUDIT_FIELDS = [
+    "created_at",
+    "actor",
+    "action",
+    "target_type",
+    "target_id",
+    "target_label",
+    "before",
+    "after",
+]
 
 
 def actor_label(*, user: Any, key_prefix: str | None = None) -> str:
@@ -42,3 +58,58 @@ def audit_record(
         before=before,
         after=after,
     )
+
+
+def audit_by(
+    actor: Actor,
+    action: str,
+    *,
+    target_type: str,
+    target: Any,
+    label: str,
+    before: dict[str, Any] | None = None,
+    after: dict[str, Any] | None = None,
+) -> AuditEvent:
+    """`audit_record` for an `Actor` (a user, the admin key they acted through, or the system)
+    and the object it acted on (anything with a primary key)."""
+    return audit_record(
+        user=actor.user,
+        key_prefix=actor.key.prefix if actor.key is not None else None,
+        action=action,
+        target_type=target_type,
+        target_id=target.pk,
+        target_label=label,
+        before=before,
+        after=after,
+    )
+
+
+def audit_events(
+    *,
+    action: str | None = None,
+    target_type: str | None = None,
+    target_id: str | None = None,
+    actor: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+) -> QuerySet[AuditEvent]:
+    """The audit log, newest first, narrowed by what is given. `action` ending in "." is a
+    prefix ("key." is every key action); `actor` is a username."""
+    events = AuditEvent.objects.select_related("actor")
+    if action:
+        events = (
+            events.filter(action__startswith=action)
+            if action.endswith(".")
+            else events.filter(action=action)
+        )
+    if target_type:
+        events = events.filter(target_type=target_type)
+    if target_id:
+        events = events.filter(target_id=target_id)
+    if actor:
+        events = events.filter(actor__username=actor)
+    if since:
+        events = events.filter(created_at__gte=since)
+    if until:
+        events = events.filter(created_at__lt=until)
+    return events.order_by("-id")

@@ -194,13 +194,13 @@ _Usage = TypeVar("_Usage", UsageRecord, RefusalTally)
 
 
 def _visible_usage(rows: QuerySet[_Usage], actor: Actor) -> QuerySet[_Usage]:
-    """A key sees its own usage; a user their keys'; an operator everything (rows of no key
-    included)."""
+    """A key sees its own usage; a user their keys' and their teams' keys'; an operator
+    everything (rows of no key included)."""
     if actor.key is not None and not actor.key.is_admin:
         return rows.filter(api_key=actor.key)
     if actor.is_operator:
         return rows
-    return rows.filter(api_key__owner_id=actor.user.pk)
+    return rows.filter(api_key_id__in=keys_visible_to(actor).values("pk"))
 
 
 def records_visible_to(actor: Actor) -> QuerySet[UsageRecord]:

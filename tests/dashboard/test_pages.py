@@ -84,21 +84,40 @@ def test_every_page_renders_for_users_and_operators(client, alice, operator, mak
 # --- API keys ----------------------------------------------------------------------------------
 
 
-def test_creating_a_key_shows_its_secret_once(client, alice):
+def test_creating_a_key_redirects_and_the_next_page_shows_its_secret_once(client, alice):
     client.force_login(alice)
     response = client.post("/dashboard/keys/", {"name": "billing", "rpm_limit": "5"})
-    assert response.status_code == 200
-    assert response["Cache-Control"] == "no-store"
-    secret = response.context["created"].secret
-    assert secret.encode() in response.content
-    assert b"you won't see this again" in response.content
+    assert response.status_code == 302
+    assert response["Location"].startswith("/dashboard/keys/?reveal=")
+    assert b"nb_" not in response.content
+
+    shown = client.get(response["Location"])
+    assert shown.status_code == 200
+    assert shown["Cache-Control"] == "no-store"
+    secret = shown.context["created"]["secret"]
+    assert secret.encode() in shown.content
+    assert b"you won't see this again" in shown.content
 
     key = ApiKey.objects.get(owner=alice, name="billing")
     assert key.digest == key_digest(secret)
     assert key.rpm_limit == 5
+    reloaded = client.get(response["Location"])  # a reload: no second key, no secret
+    assert secret.encode() not in reloaded.content
+    assert b"cannot be shown again" in reloaded.content
+    assert ApiKey.objects.filter(owner=alice).count() == 1
     again = client.get("/dashboard/keys/")
     assert secret.encode() not in again.content
     assert key.prefix.encode() in again.content
+
+
+def test_a_revealed_secret_is_for_the_person_who_created_it(client, alice, bob):
+    client.force_login(alice)
+    location = client.post("/dashboard/keys/", {"name": "mine"})["Location"]
+    client.force_login(bob)
+    page = client.get(location)
+    assert page.context["created"] is None
+    client.force_login(alice)  # the attempt used it up: nobody sees it now
+    assert client.get(location).context["created"] is None
 
 
 def test_key_form_errors_are_shown_in_place_and_keep_what_was_typed(client, alice):
@@ -136,7 +155,7 @@ def test_operators_create_keys_for_others(client, operator, alice):
     response = client.post(
         "/dashboard/keys/", {"name": "for alice", "owner": "alice", "rpm_limit": "600"}
     )
-    assert response.status_code == 200
+    assert response.status_code == 302
     key = ApiKey.objects.get(name="for alice")
     assert key.owner == alice and key.rpm_limit == 600
 
@@ -260,7 +279,7 @@ def test_a_bad_scale_keeps_the_typed_value_next_to_its_row(client, operator, rea
 
     response = client.post("/dashboard/models/nebula-7b/scale/", {"replicas": "3"})
     assert response.status_code == 302
-    assert DeployedModel.objects.get(name="nebula-7b").replicas == 3
+    assert DeployedModel.objects.get(name="nebula-7b").target_replicas == 3  # loading them
 
 
 def test_undeploying_asks_for_confirmation_first(client, operator, ready_model):

@@ -200,10 +200,11 @@ def test_bad_bearer_credentials_get_401(client, header):
 
 
 def test_revoked_key_cannot_manage_keys(client, operator, make_key):
+    from keys.access import SYSTEM
     from keys.services import key_revoke
 
     key, secret = make_key(operator, is_admin=True)
-    key_revoke(key=key)
+    key_revoke(actor=SYSTEM, key=key)
     response = client.get("/apikeys", HTTP_AUTHORIZATION=f"Bearer {secret}")
     assert response.status_code == 401
     assert "revoked" in _error(response)["message"]

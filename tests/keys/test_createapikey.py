@@ -47,3 +47,21 @@ def test_createapikey_refuses_unknown_users_and_bad_limits(alice):
     with pytest.raises(CommandError, match="rpm_limit"):
         call_command("createapikey", "--user", "alice", "--name", "x", "--rpm", "0")
     assert not ApiKey.objects.exists()
+
+
+def test_createapikey_goes_through_the_service_the_api_uses(alice):
+    from keys.access import SYSTEM
+    from keys.services import team_create
+    from telemetry.models import AuditEvent
+
+    team = team_create(actor=SYSTEM, name="ml", admin=alice)
+    out = StringIO()
+    call_command(
+        "createapikey", "--user", "alice", "--name", "t", "--team", str(team.pk), stdout=out
+    )
+    key = ApiKey.objects.get(name="t")
+    assert key.team == team
+    event = AuditEvent.objects.get(action="key.create")
+    assert (event.actor_label, event.after["team"]) == ("system", "ml")
+    with pytest.raises(CommandError, match="No team"):
+        call_command("createapikey", "--user", "alice", "--name", "x", "--team", "999")

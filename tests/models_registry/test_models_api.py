@@ -1,6 +1,7 @@
 """/models over HTTP: operators run the fleet; users see what they can call."""
 
 import json
+import time
 
 import httpx
 import pytest
@@ -95,11 +96,14 @@ def test_operators_scale_and_undeploy(
 ):
     ready_model("nebula-7b", max_concurrent_seqs=4)
     client.force_login(operator)
-    scaled = client.patch(
-        "/models/nebula-7b", data={"replicas": 3}, content_type="application/json"
-    )
+    with django_capture_on_commit_callbacks(execute=True):
+        scaled = client.patch(
+            "/models/nebula-7b", data={"replicas": 3}, content_type="application/json"
+        )
     assert scaled.status_code == 200
-    assert scaled.json()["capacity"] == 12
+    # The new replicas load first (no time at all here: NEBULA_SIM_TIME_SCALE is 0).
+    assert (scaled.json()["capacity"], scaled.json()["target_replicas"]) == (4, 3)
+    assert client.get("/models/nebula-7b").json()["capacity"] == 12
     bad = client.patch("/models/nebula-7b", data={"replicas": -1}, content_type="application/json")
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "replicas"
     with django_capture_on_commit_callbacks(execute=True):
@@ -133,10 +137,32 @@ def test_a_deployment_reaches_ready_on_real_workers(live, operator, make_key):
         seen.add(state)
         if state == "ready":
             break
-        import time
-
         time.sleep(0.1)
     assert state == "ready"
     assert "loading" in seen or "pending" in seen
     listed = httpx.get(live.url + "/v1/models", headers=auth).json()
     assert "live-13b" in [m["id"] for m in listed["data"]]
+
+
+def test_scaling_up_on_real_workers_serves_on_the_old_replicas_until_the_new_ones_load(
+    live, operator, make_key, ready_model
+):
+    # 20B on an H100: 40 GB at 2 GB/s and a warm-up, ~2 s at the live stack's time scale.
+    ready_model("live-20b", params_billions=20, gpu_type="H100-80GB", max_concurrent_seqs=4)
+    _, admin_key = make_key(operator, is_admin=True)
+    auth = {"Authorization": f"Bearer {admin_key}"}
+    started = time.monotonic()
+    scaling = httpx.patch(live.url + "/models/live-20b", json={"replicas": 3}, headers=auth)
+    assert scaling.status_code == 200, scaling.text
+    body = scaling.json()
+    assert (body["replicas"], body["target_replicas"], body["capacity"]) == (1, 3, 4)
+    assert body["progress"]["phase"] == "scaling"
+    expected = body["progress"]["seconds_left"]
+    assert 1.5 < expected < 3
+    while (state := httpx.get(live.url + "/models/live-20b", headers=auth).json())["capacity"] == 4:
+        assert time.monotonic() - started < expected + 10, state
+        time.sleep(0.1)
+    took = time.monotonic() - started
+    assert (state["replicas"], state["target_replicas"], state["capacity"]) == (3, None, 12)
+    assert state["progress"] is None
+    assert took >= expected - 0.2  # the new replicas took their load time

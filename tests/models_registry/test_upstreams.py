@@ -8,8 +8,10 @@ import pytest
 from infra import aio
 from infra.crypto import secret_decrypt
 from infra.errors import InvalidRequest
+from keys.access import Actor
 from models_registry import services, upstreams
 from models_registry.models import DeployedModel, ModelEvent, UpstreamConfig
+from models_registry.serializers import deployment_data
 from models_registry.upstreams import normalize_url
 from tests.support.stack import free_port
 from tests.support.upstream import deploy_upstream, forget_upstream_state
@@ -72,7 +74,9 @@ def test_an_upstream_deployment_that_makes_no_sense_is_a_400_naming_the_field(
     operator, spec, param, words
 ):
     with pytest.raises(InvalidRequest) as refused:
-        services.model_deploy(owner=operator, name="up", backend="openai-compatible", **spec)
+        services.model_deploy(
+            actor=Actor(user=operator), name="up", backend="openai-compatible", **spec
+        )
     assert refused.value.param == param
     assert words in refused.value.message
     assert not DeployedModel.objects.exists()
@@ -80,7 +84,9 @@ def test_an_upstream_deployment_that_makes_no_sense_is_a_400_naming_the_field(
 
 def test_an_unknown_backend_is_refused(operator):
     with pytest.raises(InvalidRequest) as refused:
-        services.model_deploy(owner=operator, name="up", backend="triton", params_billions=7)
+        services.model_deploy(
+            actor=Actor(user=operator), name="up", backend="triton", params_billions=7
+        )
     assert refused.value.param == "backend"
 
 
@@ -96,7 +102,7 @@ def test_the_upstream_key_is_encrypted_at_rest_and_never_serialized(operator):
     stored = UpstreamConfig.objects.get(deployment=model).api_key_encrypted
     assert "sk-very-secret" not in stored
     assert secret_decrypt(stored) == "sk-very-secret-upstream-key"
-    data = services.serialize_model(model)
+    data = deployment_data(model, operator=True)
     assert "sk-very-secret" not in repr(data) and stored not in repr(data)
     assert data["upstream"]["has_api_key"] is True
     assert target_of(model).api_key == "sk-very-secret-upstream-key"
@@ -122,7 +128,7 @@ def test_a_rotated_encryption_key_still_reads_what_the_old_one_wrote(operator, s
 def test_an_upstream_deployment_cannot_be_scaled_by_replica_count(operator):
     model = deploy_upstream("http://a:8000")
     with pytest.raises(InvalidRequest) as refused:
-        services.model_scale(model=model, replicas=3)
+        services.model_scale(actor=Actor(user=operator), model=model, replicas=3)
     assert refused.value.param == "replicas"
 
 
@@ -139,7 +145,7 @@ def test_a_healthy_vllm_replica_reports_latency_and_its_queue(engine, redis_clie
     replica = model.upstream_replicas.get()
     assert redis_client.hget(upstreams.health_key(model.pk), str(replica.pk)) == b"1"
     assert redis_client.hget(upstreams.load_key(model.pk), str(replica.pk)) == b"5"
-    (shown,) = services.serialize_model(model)["upstream"]["replicas"]
+    (shown,) = deployment_data(model, operator=True)["upstream"]["replicas"]
     assert shown["health"] == "healthy" and shown["running"] == 3
 
 
@@ -225,7 +231,7 @@ def test_an_upstream_deployment_is_ready_once_a_replica_answers(
 ):
     with django_capture_on_commit_callbacks(execute=True):
         model = services.model_deploy(
-            owner=operator,
+            actor=Actor(user=operator),
             name="llama",
             backend="openai-compatible",
             upstream_urls=[f"http://127.0.0.1:{free_port()}", engine.url],
@@ -244,7 +250,10 @@ def test_an_upstream_deployment_nobody_answers_for_fails_with_the_reasons(
     url = f"http://127.0.0.1:{free_port()}"
     with django_capture_on_commit_callbacks(execute=True):
         model = services.model_deploy(
-            owner=operator, name="nobody", backend="openai-compatible", upstream_urls=[url]
+            actor=Actor(user=operator),
+            name="nobody",
+            backend="openai-compatible",
+            upstream_urls=[url],
         )
     model.refresh_from_db()
     assert model.state == "failed"

@@ -47,13 +47,13 @@ def test_a_burst_of_cache_misses_for_one_key_reads_the_database_once(alice, make
 
     _, secret = make_key(alice)
     reads = []
-    load = auth._load
+    load = auth._load_by_digest
 
-    def counting_load(**lookup):
+    def counting_load(digest):
         reads.append(threading.current_thread().name)
-        return load(**lookup)
+        return load(digest)
 
-    monkeypatch.setattr(auth, "_load", counting_load)
+    monkeypatch.setattr(auth, "_load_by_digest", counting_load)
 
     async def burst():
         return await asyncio.gather(*(key_info_for_secret(secret) for _ in range(100)))

@@ -37,6 +37,7 @@ def _postgres_binaries() -> None:
 CHAT = {"model": "nebula-7b", "messages": [{"role": "user", "content": "hello"}], "max_tokens": 5}
 SEED = """
 from django.contrib.auth import get_user_model
+from keys.access import SYSTEM
 from keys.services import key_create
 from models_registry.services import model_seed_ready
 users = get_user_model().objects
@@ -44,7 +45,7 @@ olivia = users.create_user("olivia", is_staff=True)
 alice = users.create_user("alice")
 model_seed_ready(owner=olivia, name="nebula-7b", params_billions=7, gpu_type="H100-80GB")
 for owner, name, admin in ((olivia, "admin", True), (alice, "warm", False), (alice, "cold", False)):
-    print(key_create(owner=owner, name=name, rpm_limit=1000, is_admin=admin).secret)
+    print(key_create(actor=SYSTEM, owner=owner, name=name, rpm_limit=1000, is_admin=admin).secret)
 """
 
 

@@ -129,12 +129,12 @@ def test_only_operators_hand_out_capacity_privilege_or_keys_for_others(world):
 
 
 def test_deployments_are_listed_by_what_each_may_use(world):
-    statuses = _statuses(world, "get", "/models?all=1")
+    statuses = _statuses(world, "get", "/models")
     assert statuses == {actor: 401 if actor == ANON else 200 for actor in ACTORS}
-    user_view = world.call(ALICE, "get", "/models?all=1").json()["data"]
+    user_view = world.call(ALICE, "get", "/models").json()["data"]
     assert [m["name"] for m in user_view] == ["nebula-7b"]
     assert "gpu_type" not in user_view[0] and "replicas" not in user_view[0]
-    operator_view = world.call(OPERATOR, "get", "/models?all=1").json()["data"]
+    operator_view = world.call(OPERATOR, "get", "/models").json()["data"]
     assert sorted(m["name"] for m in operator_view) == ["nebula-7b", "old-model"]
     assert _statuses(world, "get", "/models/old-model") == {
         ANON: 401, ALICE: 404, BOB: 404, OPERATOR: 200, ALICE_KEY: 404, BOB_KEY: 404,

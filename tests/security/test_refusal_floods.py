@@ -121,6 +121,7 @@ def test_a_keys_bad_requests_count_against_its_limit_and_stop_being_tokenized(
 def test_a_key_refused_for_its_limit_and_then_revoked_is_told_it_is_revoked(
     client, alice, make_key, ready_model, fresh_tallies
 ):
+    from keys.access import SYSTEM
     from keys.services import key_revoke
 
     ready_model()
@@ -132,7 +133,7 @@ def test_a_key_refused_for_its_limit_and_then_revoked_is_told_it_is_revoked(
         429,
         429,
     ]
-    key_revoke(key=key)
+    key_revoke(actor=SYSTEM, key=key)
     refused = _post(client, body, secret=secret, address=address)
     assert refused.status_code == 401
     assert refused.json()["error"]["message"] == "This API key has been revoked."

@@ -8,6 +8,7 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
+from keys.access import SYSTEM
 from keys.services import key_revoke
 from telemetry.ledger import ledger_flush
 from telemetry.models import UsageRecord
@@ -48,7 +49,7 @@ def test_revoking_a_key_stops_its_streams_within_a_second(live, alice, make_key,
     calls = [ChatCall(url, secret, LONG).go() for url in live.urls]  # one per web process
     wait_until(lambda: all(call.content_chunks >= 5 for call in calls), timeout=20)
     revoked_at = time.monotonic()
-    key_revoke(key=key)
+    key_revoke(actor=SYSTEM, key=key)
     for call in calls:
         _stopped_stream(call, "key_revoked")
         assert call.finished_at - revoked_at < 1.0

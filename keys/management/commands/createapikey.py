@@ -2,10 +2,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from infra.errors import NebulaError
+from keys.access import SYSTEM
 from keys.services import key_create
 
 
@@ -20,15 +20,16 @@ class Command(BaseCommand):
         parser.add_argument(
             "--model", action="append", default=[], help="Allowed model (repeatable)."
         )
+        parser.add_argument("--team", type=int, help="Id of the team that owns the key.")
         parser.add_argument("--admin", action="store_true", help="Create an admin key.")
 
     def handle(self, *args: Any, **options: Any) -> None:
-        user = get_user_model().objects.filter(username=options["user"]).first()
-        if user is None:
-            raise CommandError(f"No user named '{options['user']}'.")
         try:
+            # Whoever runs manage.py runs the service: the command acts as the system.
             created = key_create(
-                owner=user,
+                actor=SYSTEM,
+                owner=options["user"],
+                team=options["team"],
                 name=options["name"],
                 rpm_limit=options["rpm"],
                 tpm_limit=options["tpm"],
@@ -39,7 +40,7 @@ class Command(BaseCommand):
             raise CommandError(error.message) from None
         key = created.key
         self.stdout.write(
-            f"Created key '{key.name}' (id {key.pk}, prefix {key.prefix}) for {user.get_username()}"
+            f"Created key '{key.name}' (id {key.pk}, prefix {key.prefix}) for {key.owner}"
             f" with {key.rpm_limit} requests/minute. The secret is shown only now:"
         )
         self.stdout.write(created.secret)

@@ -8,6 +8,7 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand
 
+from keys.access import SYSTEM
 from keys.services import key_create
 from models_registry.services import model_seed_ready
 
@@ -40,7 +41,7 @@ class Command(BaseCommand):
         )
         secret = None
         if not demo.api_keys.exists():
-            secret = key_create(owner=demo, name="demo key").secret
+            secret = key_create(actor=SYSTEM, owner=demo, name="demo key").secret
         out = self.stdout.write
         out(f"Operator login:  {operator.get_username()} / {password or '(unchanged)'}")
         out(f"Demo user login: {demo.get_username()} / {demo_password or '(unchanged)'}")

@@ -3,7 +3,21 @@
 (function () {
   "use strict";
   const { $, $$, setText, fmt } = window.Nebula;
-  const ACTIVE = ["pending", "loading", "ready"];
+  const ENDED = ["stopped", "failed"];
+
+  // Loading progress counts down between snapshots (the server sends one per state change).
+  function tick(meter) {
+    const label = $('[data-f="progress-label"]', meter);
+    if (!meter.dataset.at) meter.dataset.at = performance.now(); // a row the server rendered
+    const since = (performance.now() - Number(meter.dataset.at)) / 1000;
+    const total = Number(meter.dataset.left);
+    const start = Number(meter.dataset.percent);
+    const left = Math.max(total - since, 0);
+    const percent = total > 0 ? 100 - ((100 - start) * left) / total : 100;
+    $('[data-f="progress-fill"]', meter).style.width = percent.toFixed(1) + "%";
+    setText(label, `${Math.floor(percent)}% · ${Math.ceil(left)} s left`);
+  }
+  setInterval(() => $$('[data-f="progress"]:not([hidden])').forEach(tick), 500);
 
   function fill(row, m) {
     row.dataset.model = m.pk;
@@ -17,26 +31,42 @@
     setText($('[data-f="state-text"]', row), m.state);
     const reason = $('[data-f="failure_reason"]', row);
     if (reason) {
-      setText(reason, m.failure_reason || "");
-      reason.hidden = !m.failure_reason;
+      const text = m.failure_reason || m.queue_reason || "";
+      setText(reason, text);
+      reason.hidden = !text;
+      reason.classList.toggle("info", !m.failure_reason);
+    }
+    const meter = $('[data-f="progress"]', row);
+    if (meter) {
+      meter.hidden = !m.progress;
+      if (m.progress) {
+        meter.dataset.at = performance.now();
+        meter.dataset.left = m.progress.seconds_left;
+        meter.dataset.percent = m.progress.percent;
+        tick(meter);
+      }
     }
     setText($('[data-f="size"]', row), m.params_billions ? fmt.decimal(m.params_billions) + "B" : "—");
     const gpus = $('[data-f="gpus"]', row);
     if (gpus && m.upstream) renderEngines(gpus, m.upstream);
     else if (gpus) setText(gpus, `${m.gpus_per_replica} × ${m.gpu_type}`);
     const replicas = $('[data-f="replicas"]', row);
-    if (replicas) setText(replicas, m.replicas);
+    if (replicas) setText(replicas, m.target_replicas ? `${m.replicas} → ${m.target_replicas}` : m.replicas);
     setText($('[data-f="capacity"]', row), m.capacity);
     setText($('[data-f="context"]', row), m.context_length);
     const actions = $('[data-f="actions"]', row);
-    if (actions) actions.hidden = !ACTIVE.includes(m.state);
+    if (actions) actions.hidden = m.state === "stopping";
+    const undeploy = $('[data-f="undeploy"]', row);
+    if (undeploy) undeploy.hidden = ENDED.includes(m.state);
+    const remove = $('[data-f="delete"]', row);
+    if (remove) remove.hidden = !ENDED.includes(m.state);
     const scale = $('[data-f="scale"]', row);
     if (scale) {
       scale.hidden = m.state !== "ready" || Boolean(m.upstream); // engines: one replica per URL
       const input = $('input[name="replicas"]', scale);
       // Never overwrite what someone is typing.
       if (input && document.activeElement !== input && input.getAttribute("aria-invalid") !== "true") {
-        input.value = m.replicas;
+        input.value = m.target_replicas || m.replicas;
       }
     }
   }

@@ -178,4 +178,12 @@
     const close = event.target.closest("dialog [data-close]");
     if (close) close.closest("dialog").close();
   });
+
+  // On a phone the navigation scrolls sideways: keep the current page's item in view.
+  const current = document.querySelector('.nav a[aria-current="page"]');
+  if (current) {
+    const nav = current.parentElement;
+    const past = current.getBoundingClientRect().right - nav.getBoundingClientRect().right;
+    if (past > 0) nav.scrollLeft += past + 14;
+  }
 })();
