@@ -121,14 +121,19 @@ class Completion:
             if time.monotonic() >= self._next_key_check:
                 await self._check_key()
             try:
-                async with asyncio.timeout(WATCHDOG_SECONDS):
-                    message = await self.queue.get()
-            except TimeoutError:
-                await self._watchdog()
-                if ticks and time.monotonic() - self._last_activity >= KEEPALIVE_SECONDS:
-                    self._last_activity = time.monotonic()
-                    return {"t": "tick"}
-                continue
+                # A message already queued needs no timer: under a burst most are (a timer per
+                # message is a heap push and a cancel on the web process's one core).
+                message = self.queue.get_nowait()
+            except asyncio.QueueEmpty:
+                try:
+                    async with asyncio.timeout(WATCHDOG_SECONDS):
+                        message = await self.queue.get()
+                except TimeoutError:
+                    await self._watchdog()
+                    if ticks and time.monotonic() - self._last_activity >= KEEPALIVE_SECONDS:
+                        self._last_activity = time.monotonic()
+                        return {"t": "tick"}
+                    continue
             self._last_activity = time.monotonic()
             if message["t"] == "lost":
                 await self._fail_lost()
@@ -137,6 +142,10 @@ class Completion:
                     await self._fail("The token stream lost messages.", code="stream_broken")
                 self._seq = message["seq"]
             return message
+
+    def pending(self) -> bool:
+        """Whether the worker's next message is already here (so a relay may write both at once)."""
+        return not self.queue.empty()
 
     async def wait_started(self) -> None:
         """Wait until a worker holds a GPU slot for this job (or fail with a proper status)."""

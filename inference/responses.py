@@ -131,6 +131,7 @@ async def sse_events(
         }
         return b"data: " + head + orjson.dumps(choice) + tail
 
+    out: list[bytes] = []
     try:
         yield b"".join(
             chunk(index, {"role": "assistant", "content": "", "refusal": None})
@@ -151,14 +152,21 @@ async def sse_events(
                 parts += [chunk(index, {}, reason) for index, reason in message["f"]]
                 if parts:
                     completion.relayed = True
-                    yield b"".join(parts)
+                    out += parts
+                # Under a burst the worker's messages queue up faster than this process writes:
+                # what is already here goes out in one write (one transport call, one TCP send)
+                # instead of one per message.
+                if out and not completion.pending():
+                    yield b"".join(out)
+                    out.clear()
             elif message["t"] == "done":
                 if request.include_usage:
                     usage = usage_object(message["usage"])
-                    yield (b"data: " + head + b'],"usage":' + orjson.dumps(usage) + b"}\n\n")
-                yield DONE_LINE
+                    out.append(b"data: " + head + b'],"usage":' + orjson.dumps(usage) + b"}\n\n")
+                out.append(DONE_LINE)
+                yield b"".join(out)
             elif message["t"] == "error":
-                yield (
+                yield b"".join(out) + (
                     b"data: "
                     + orjson.dumps(
                         {
@@ -176,11 +184,12 @@ async def sse_events(
             elif message["t"] == "tick":
                 yield KEEPALIVE_LINE
     except NebulaError as error:
-        yield error_chunk(error)
+        yield b"".join(out) + error_chunk(error)
     except Exception:
         # The status line went out long ago: the client still gets a well-formed ending.
         logger.exception("stream %s failed", completion.ctx.request_id)
-        yield error_chunk(InternalError("The stream failed on the server. Retry the request."))
+        failed = InternalError("The stream failed on the server. Retry the request.")
+        yield b"".join(out) + error_chunk(failed)
     finally:
         completion.close()
 
