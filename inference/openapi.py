@@ -41,7 +41,9 @@ _USAGE: dict[str, Any] = {
     "required": ["prompt_tokens", "completion_tokens", "total_tokens"],
 }
 
-_FINISH_REASON: dict[str, Any] = {"enum": ["stop", "length", "content_filter", None]}
+_FINISH_REASON: dict[str, Any] = {
+    "enum": ["stop", "length", "tool_calls", "content_filter", "function_call", None]
+}
 
 RESPONSE_SCHEMAS: dict[str, dict[str, Any]] = {
     "OpenAIError": {

@@ -22,6 +22,7 @@ from inference.gateway import Caller, RequestContext, gateway_admit
 from inference.hub import reply_hub
 from inference.jobs import JobPayload, celery_message
 from inference.schemas import ChatCompletionRequest
+from inference.toolcalls import tools_check, tools_prompt_tokens
 from infra.errors import InvalidRequest, NotFound
 from keys.auth import KeyInfo
 from models_registry.catalog import ModelInfo, catalog_snapshot
@@ -85,6 +86,8 @@ async def completion_submit(
     ctx.model = request.model
     ctx.stream = bool(request.stream)
     prompt, user_text, prompt_tokens = _check_size(request)
+    tools = tools_check(request)
+    prompt_tokens += tools_prompt_tokens(tools)
     hub = reply_hub()
     await hub.ready()
     n = request.n or 1
@@ -148,6 +151,8 @@ async def completion_submit(
             "tpm_reserved": reserve if key.tpm_limit else 0,
             "tpm_limit": key.tpm_limit,
         }
+        if tools is not None:
+            payload["tools"] = tools
         if model.backend == Backend.OPENAI_COMPATIBLE:
             payload["model"]["backend"] = model.backend
             payload["upstream"] = {"deployment_id": model.pk, "body": upstream_body(request)}
