@@ -15,9 +15,10 @@ import random
 
 import jsonschema
 from jsonschema.exceptions import SchemaError
+from referencing.exceptions import Unresolvable
 
 from inference.engine import count_tokens
-from inference.engine.tools import arguments_for, unsupported_keyword
+from inference.engine.tools import UnsatisfiableSchema, arguments_for, unsupported_keyword
 from inference.jobs import ToolFunction, ToolsJob
 from inference.schemas import (
     AssistantMessage,
@@ -71,10 +72,14 @@ def _check_function(function: FunctionDefinition, param: str) -> ToolFunction:
         # The generator covers what is left; a schema whose constraints contradict each other
         # (minLength over maxLength, say) is refused here rather than answered invalidly.
         validator = jsonschema.validators.validator_for(schema)(schema)
-        if not validator.is_valid(arguments_for(schema, rng=random.Random(0))):  # noqa: S311
+        try:
+            valid = validator.is_valid(arguments_for(schema, rng=random.Random(0)))  # noqa: S311
+            reason = "no arguments Nebula's simulated models generate satisfy it"
+        except (UnsatisfiableSchema, TypeError, ValueError, Unresolvable) as error:
+            valid, reason = False, str(error)
+        if not valid:
             raise InvalidRequest(
-                f"Invalid schema for function '{function.name}': no arguments Nebula's "
-                "simulated models generate satisfy it.",
+                f"Invalid schema for function '{function.name}': {reason}.",
                 param=where,
                 code="invalid_function_parameters",
             )

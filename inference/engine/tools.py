@@ -48,6 +48,7 @@ FINISH_FUNCTION_CALL = "function_call"
 # Most calls one choice makes at once when parallel calls are allowed.
 MAX_PARALLEL_CALLS = 3
 _ATTEMPTS = 8
+_MAX_DEPTH = 24
 _WORD = re.compile(r"[A-Za-z][A-Za-z0-9]*")
 
 
@@ -155,11 +156,14 @@ def valid_arguments(schema: dict[str, Any], *, rng: random.Random, words: list[s
     """Arguments that the `jsonschema` library (the reference validator) accepts for `schema`:
     the generator's rare miss (unique items it could not find, say) is drawn again."""
     validator = jsonschema.validators.validator_for(schema)(schema)
-    value = arguments_for(schema, rng=rng, words=words)
+    value: Any = {}
     for _ in range(_ATTEMPTS):
+        try:
+            value = arguments_for(schema, rng=rng, words=words)
+        except (UnsatisfiableSchema, TypeError, ValueError):
+            continue  # the web side refuses such schemas; a worker never fails on one
         if validator.is_valid(value):
             break
-        value = arguments_for(schema, rng=rng, words=words)
     return value
 
 
@@ -176,17 +180,26 @@ def arguments_for(
     return _value(schema, schema, rng, words or ["example"], depth=0)
 
 
-def _resolve(root: dict[str, Any], ref: str) -> dict[str, Any]:
+def _resolve(root: dict[str, Any], ref: Any) -> dict[str, Any]:
     node: Any = root
-    for part in ref.removeprefix("#").strip("/").split("/"):
-        if part:
-            node = node[part.replace("~1", "/").replace("~0", "~")]
+    for part in str(ref).removeprefix("#").strip("/").split("/"):
+        if not part:
+            continue
+        if not isinstance(node, dict) or part.replace("~1", "/").replace("~0", "~") not in node:
+            raise UnsatisfiableSchema(f"'$ref' {ref} points at nothing")
+        node = node[part.replace("~1", "/").replace("~0", "~")]
     return node if isinstance(node, dict) else {}
+
+
+class UnsatisfiableSchema(ValueError):
+    """The generator cannot make a value for this schema (a dangling or endless $ref, ...)."""
 
 
 def _value(
     schema: Any, root: dict[str, Any], rng: random.Random, words: list[str], depth: int
 ) -> Any:
+    if depth > _MAX_DEPTH:
+        raise UnsatisfiableSchema("the schema nests too deep")
     if schema is True or not isinstance(schema, dict):
         return rng.choice(words)
     if "$ref" in schema:
@@ -222,7 +235,8 @@ def _value(
     if kind == "array":
         low = int(schema.get("minItems", 1 if depth < 3 else 0))
         high = int(schema.get("maxItems", max(low, 3)))
-        count = rng.randint(low, max(low, min(high, low + 3)))
+        # Deep down, the fewest items allowed: a recursive schema ends.
+        count = rng.randint(low, max(low, min(high, low + 3))) if depth < 3 else low
         items = schema.get("items", {"type": "string"})
         values: list[Any] = []
         for _ in range(count * 4):
