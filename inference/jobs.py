@@ -100,6 +100,8 @@ class JobPayload(TypedDict):
     tpm_limit: int | None
     upstream: NotRequired[UpstreamJob]
     tools: NotRequired[ToolsJob]
+    # Text completions (/v1/completions): each choice's prompt and its tokens, in choice order.
+    prompts: NotRequired[list[tuple[str, int]]]
 
 
 # --- Messages from worker to web process (Redis pub/sub on the web process's reply channel) -----

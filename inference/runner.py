@@ -189,6 +189,7 @@ class JobRun:
                 ignore_eos=job["ignore_eos"],
                 min_tokens=job["min_tokens"],
                 tools=_tool_spec(job),
+                choice_prompts=tuple((text, tokens) for text, tokens in job.get("prompts", [])),
             )
         )
         # The worker's engine loop paces it at the simulated GPU's speed and sends its deltas.

@@ -36,11 +36,17 @@ class GenerationRequest:
     ignore_eos: bool = False
     min_tokens: int = 0
     tools: ToolSpec | None = None  # the functions the model may call
+    # Text completions with several prompts: each choice's own (prompt, its tokens).
+    choice_prompts: tuple[tuple[str, int], ...] = ()
 
     @property
     def token_budget(self) -> int:
         """Most tokens one choice may generate: max_tokens, and what is left of the context."""
-        room = max(self.context_length - self.prompt_tokens, 0)
+        return self.budget_for(0)
+
+    def budget_for(self, index: int) -> int:
+        prompt_tokens = self.choice_prompts[index][1] if self.choice_prompts else self.prompt_tokens
+        room = max(self.context_length - prompt_tokens, 0)
         return room if self.max_tokens is None else min(self.max_tokens, room)
 
 
@@ -77,19 +83,22 @@ class Generation:
         req = self.request
         self.choices = []
         for index in range(req.n):
+            prompt, user_text = req.prompt_text, req.user_text
+            if req.choice_prompts:
+                prompt = user_text = req.choice_prompts[index][0]
             rng = random.Random(  # noqa: S311 - simulated text, not security
                 seed_for(
                     model=req.model,
-                    prompt=req.prompt_text,
+                    prompt=prompt,
                     seed=req.seed,
                     temperature=req.temperature,
                     top_p=req.top_p,
                     choice=index,
                 )
             )
-            calls = plan_calls(req.tools, rng=rng, user_text=req.user_text) if req.tools else []
+            calls = plan_calls(req.tools, rng=rng, user_text=user_text) if req.tools else []
             words = generate_words(
-                rng=rng, user_text=req.user_text, temperature=req.temperature, top_p=req.top_p
+                rng=rng, user_text=user_text, temperature=req.temperature, top_p=req.top_p
             )
             tokens = (token for word in words for token in iter_tokens(word))
             choice = _Choice(index=index, tokens=tokens, target=natural_length(rng))
@@ -115,8 +124,8 @@ class Generation:
         return [choice.tool_calls or None for choice in self.choices]
 
     def steps(self) -> Iterator[Step]:
-        budget = self.request.token_budget
-        if budget <= 0:
+        budgets = [self.request.budget_for(choice.index) for choice in self.choices]
+        if all(budget <= 0 for budget in budgets):
             for choice in self.choices:
                 choice.finish_reason = FINISH_LENGTH
             yield Step(deltas=(), finished=tuple((c.index, FINISH_LENGTH) for c in self.choices))
@@ -128,6 +137,7 @@ class Generation:
             for choice in self.choices:
                 if choice.finish_reason is not None:
                     continue
+                budget = budgets[choice.index]
                 if choice.fragments:
                     fragment, reason = self._advance_call(choice, budget)
                     tool_deltas.append((choice.index, fragment))
