@@ -267,9 +267,9 @@ class _Handler(BaseHTTPRequestHandler):
         if not body.get("stream") or "json" in commands:
             completion = self._completion(cid, created, n, tokens, tool, reason, usage)
             if legacy:
-                for choice in completion["choices"]:
-                    (call,) = choice["message"].pop("tool_calls")
-                    choice["message"]["function_call"] = call["function"]
+                for whole in completion["choices"]:
+                    (made,) = whole["message"].pop("tool_calls")
+                    whole["message"]["function_call"] = made["function"]
             self._json(200, completion)
             return
         self.send_response(200)
