@@ -227,6 +227,7 @@ class ChatCompletionRequest(BaseModel):
 
 _ROLES = {"system", "developer", "user", "assistant", "tool", "function"}
 _PART_TYPES = {"text", "image_url", "input_audio", "file", "refusal"}
+_DISCRIMINATED = {"messages", "content"}  # the lists whose items are tagged unions
 
 
 def _param(location: tuple[int | str, ...]) -> str | None:
@@ -237,15 +238,17 @@ def _param(location: tuple[int | str, ...]) -> str | None:
     """
     path = ""
     previous: int | str | None = None
+    field: str | None = None  # the last field name in the path
     for part in location:
         if isinstance(part, int):
             path += f"[{part}]"
-        elif isinstance(previous, int) and part in _ROLES | _PART_TYPES:
-            pass  # a discriminator tag
-        elif "[" in part or part in {"str", "int", "float", "bool"}:
-            pass  # a union branch's type name
+        elif isinstance(previous, int) and field in _DISCRIMINATED and part in _ROLES | _PART_TYPES:
+            pass  # a discriminator tag (`function` elsewhere is a field: tools[0].function)
+        elif "[" in part or part in {"str", "int", "float", "bool"} or part[:1].isupper():
+            pass  # a union branch's type or model name (fields are lower case)
         else:
             path += f".{part}" if path else part
+            field = part
         previous = part
     return path or None
 

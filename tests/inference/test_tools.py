@@ -423,17 +423,30 @@ def test_tools_that_do_not_fit_are_a_400_naming_the_parameter(body, param):
 
 
 @pytest.mark.parametrize(
-    "body",
+    ("body", "param"),
     [
-        {"tools": []},
-        {"tools": [{"type": "function", "function": {"name": "has space"}}]},
-        {"tools": [{"type": "code", "function": {"name": "f"}}]},
-        {"tools": [TOOL], "tool_choice": "always"},
-        {"tools": [TOOL], "parallel_tool_calls": "yes"},
-        {"tools": [TOOL], "parallel_tool_calls": 1},
-        {"tools": [{"type": "function", "function": {"name": "f", "parameters": "{}"}}]},
+        ({"tools": []}, "tools"),
+        ({"tools": [{"type": "function", "function": {"name": "a b"}}]}, "tools[0].function.name"),
+        ({"tools": [{"type": "code", "function": {"name": "f"}}]}, "tools[0].type"),
+        ({"tools": [TOOL], "tool_choice": "always"}, "tool_choice"),
+        (
+            {"tools": [TOOL], "tool_choice": {"type": "function", "function": {}}},
+            "tool_choice.function.name",
+        ),
+        ({"tools": [TOOL], "parallel_tool_calls": "yes"}, "parallel_tool_calls"),
+        ({"tools": [TOOL], "parallel_tool_calls": 1}, "parallel_tool_calls"),
+        (
+            {"tools": [{"type": "function", "function": {"name": "f", "parameters": "{}"}}]},
+            "tools[0].function.parameters",
+        ),
+        (
+            {"messages": [{"role": "assistant", "tool_calls": [{"id": "c", "type": "function"}]}]},
+            "messages[0].tool_calls[0].function",
+        ),
+        ({"messages": [{"role": "tool", "content": "x"}]}, "messages[0].tool_call_id"),
     ],
 )
-def test_badly_typed_tools_are_a_400(body):
-    with pytest.raises(InvalidRequest):
+def test_badly_typed_tools_are_a_400_naming_the_field(body, param):
+    with pytest.raises(InvalidRequest) as caught:
         parse_chat_request(json.dumps({"model": "m", "messages": ASK, **body}).encode())
+    assert caught.value.param == param
