@@ -42,6 +42,22 @@ _USAGE: dict[str, Any] = {
     "required": ["prompt_tokens", "completion_tokens", "total_tokens"],
 }
 
+_FUNCTION_CALL: dict[str, Any] = {
+    "type": "object",
+    "properties": {"name": {"type": "string"}, "arguments": {"type": "string"}},
+    "required": ["name", "arguments"],
+}
+_TOOL_CALL: dict[str, Any] = {
+    "type": "object",
+    "description": "A call the model made; `arguments` is JSON text valid for the function.",
+    "properties": {
+        "id": {"type": "string"},
+        "type": {"const": "function"},
+        "function": _FUNCTION_CALL,
+    },
+    "required": ["id", "type", "function"],
+}
+
 _FINISH_REASON: dict[str, Any] = {
     "enum": ["stop", "length", "tool_calls", "content_filter", "function_call", None]
 }
@@ -88,6 +104,8 @@ RESPONSE_SCHEMAS: dict[str, dict[str, Any]] = {
                                 "content": {"type": ["string", "null"]},
                                 "refusal": {"type": ["string", "null"]},
                                 "annotations": {"type": "array"},
+                                "tool_calls": {"type": "array", "items": _TOOL_CALL},
+                                "function_call": _FUNCTION_CALL,
                             },
                             "required": ["role", "content"],
                         },

@@ -146,9 +146,14 @@ def test_a_streamed_call_reassembles_into_the_non_streamed_one(live, setup, open
         _valid(call["name"], call["arguments"])
 
 
-def test_the_async_client_streams_tool_calls(live, setup):
+def test_the_async_client_gets_tool_calls_whole_and_streamed(live, setup):
     async def run():
         client = openai.AsyncOpenAI(base_url=live.url + "/v1", api_key=setup, max_retries=0)
+        whole = await client.chat.completions.create(
+            model="nebula-7b", messages=ASK, tools=TOOLS, tool_choice="required"
+        )
+        for call in whole.choices[0].message.tool_calls:
+            _valid(call.function.name, call.function.arguments)
         stream = await client.chat.completions.create(
             model="nebula-7b", messages=ASK, tools=TOOLS, tool_choice="required", stream=True
         )
