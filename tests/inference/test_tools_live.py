@@ -108,13 +108,15 @@ def test_parallel_tool_calls_false_makes_at_most_one_call(live, setup, openai_cl
     assert counts == {1}
 
 
-def test_a_streamed_call_reassembles_into_the_non_streamed_one(live, setup, openai_client):
+def test_streamed_calls_reassemble_into_the_non_streamed_ones(live, setup, openai_client):
     client = openai_client(setup)
-    options = {"model": "nebula-7b", "messages": ASK, "tools": TOOLS, "seed": 5}
+    options = {"model": "nebula-7b", "messages": ASK, "tools": TOOLS, "seed": 5, "n": 2}
     whole = client.chat.completions.create(**options, tool_choice="required")
-    expected = [
-        (c.id, c.function.name, c.function.arguments) for c in whole.choices[0].message.tool_calls
-    ]
+    expected = {
+        (choice.index, position): (c.id, c.function.name, c.function.arguments)
+        for choice in whole.choices
+        for position, c in enumerate(choice.message.tool_calls)
+    }
     with httpx.stream(
         "POST",
         live.url + "/v1/chat/completions",
@@ -125,23 +127,24 @@ def test_a_streamed_call_reassembles_into_the_non_streamed_one(live, setup, open
         lines = [line[6:] for line in response.iter_lines() if line.startswith("data: ")]
     assert lines[-1] == "[DONE]"
     chunks = [json.loads(line) for line in lines[:-1]]
-    calls: dict[int, dict] = {}
-    finish = []
+    calls: dict[tuple[int, int], dict] = {}
+    finish: dict[int, list] = {0: [], 1: []}
     for chunk in chunks:
         validate("CreateChatCompletionStreamResponse", chunk)
         for choice in chunk["choices"]:
-            finish.append(choice["finish_reason"])
+            finish[choice["index"]].append(choice["finish_reason"])
             for part in choice["delta"].get("tool_calls") or []:
-                if part["index"] not in calls:
+                key = (choice["index"], part["index"])
+                if key not in calls:
                     # A call's first delta: its id, type and name, with empty arguments.
                     assert part["id"] and part["type"] == "function"
                     assert part["function"]["name"] and part["function"]["arguments"] == ""
-                    calls[part["index"]] = {"id": part["id"], **part["function"]}
+                    calls[key] = {"id": part["id"], **part["function"]}
                 else:
                     assert "id" not in part
-                    calls[part["index"]]["arguments"] += part["function"]["arguments"]
-    assert [f for f in finish if f] == ["tool_calls"]
-    assert [(c["id"], c["name"], c["arguments"]) for _, c in sorted(calls.items())] == expected
+                    calls[key]["arguments"] += part["function"]["arguments"]
+    assert all([f for f in reasons if f] == ["tool_calls"] for reasons in finish.values())
+    assert {key: (c["id"], c["name"], c["arguments"]) for key, c in calls.items()} == expected
     for call in calls.values():
         _valid(call["name"], call["arguments"])
 
