@@ -23,7 +23,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import orjson
 import redis
@@ -71,6 +71,8 @@ class Outbox:
 
     deltas: list[tuple[int, str]] = field(default_factory=list)
     finished: list[tuple[int, str]] = field(default_factory=list)
+    # Per choice: `delta.tool_calls` fragments; a call's argument pieces merge into one.
+    tool_calls: list[tuple[int, list[dict[str, Any]]]] = field(default_factory=list)
     tokens: int = 0
     since: float = 0.0
 
@@ -86,11 +88,26 @@ class Outbox:
                     self.deltas.append((index, text))
                 else:
                     self.deltas[merged] = (index, self.deltas[merged][1] + text)
+        for index, fragment in step.tool_deltas:
+            self._add_fragment(index, fragment)
         self.finished.extend(step.finished)
         self.tokens += 1
 
+    def _add_fragment(self, index: int, fragment: dict[str, Any]) -> None:
+        fragments = next((f for c, f in self.tool_calls if c == index), None)
+        if fragments is None:
+            self.tool_calls.append((index, [dict(fragment)]))
+            return
+        last = fragments[-1]
+        # A header (it has the call's id) stays its own fragment, as OpenAI streams it.
+        if "id" not in fragment and "id" not in last and last["index"] == fragment["index"]:
+            pieces = last["function"]["arguments"] + fragment["function"]["arguments"]
+            fragments[-1] = {"index": last["index"], "function": {"arguments": pieces}}
+        else:
+            fragments.append(dict(fragment))
+
     def clear(self) -> None:
-        self.deltas, self.finished, self.tokens = [], [], 0
+        self.deltas, self.finished, self.tool_calls, self.tokens = [], [], [], 0
 
 
 class Run(Protocol):

@@ -58,6 +58,23 @@ class UpstreamJob(TypedDict):
     body: dict[str, Any]
 
 
+class ToolFunction(TypedDict):
+    name: str
+    description: str
+    parameters: dict[str, Any]
+
+
+class ToolsJob(TypedDict):
+    """The functions a request offers the simulated model (`inference.engine.ToolSpec`)."""
+
+    functions: list[ToolFunction]
+    choice: str  # auto, required, none
+    name: str | None  # a function the model must call
+    parallel: bool
+    legacy: bool  # `functions` / `function_call`: one call, answered as `function_call`
+    answered: bool  # the conversation ends with a tool's result
+
+
 class JobPayload(TypedDict):
     id: str  # the request id
     reply_to: str  # the web process's reply channel
@@ -82,6 +99,9 @@ class JobPayload(TypedDict):
     tpm_reserved: int
     tpm_limit: int | None
     upstream: NotRequired[UpstreamJob]
+    tools: NotRequired[ToolsJob]
+    # Text completions (/v1/completions): each choice's prompt and its tokens, in choice order.
+    prompts: NotRequired[list[tuple[str, int]]]
 
 
 # --- Messages from worker to web process (Redis pub/sub on the web process's reply channel) -----

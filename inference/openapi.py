@@ -16,6 +16,7 @@ from typing import Any
 from django.conf import settings
 
 from inference.schemas import ChatCompletionRequest
+from inference.text_schemas import CompletionRequest
 from keys.auth import API_KEY_SCHEME
 
 _REF = "#/components/schemas/{model}"
@@ -41,7 +42,25 @@ _USAGE: dict[str, Any] = {
     "required": ["prompt_tokens", "completion_tokens", "total_tokens"],
 }
 
-_FINISH_REASON: dict[str, Any] = {"enum": ["stop", "length", "content_filter", None]}
+_FUNCTION_CALL: dict[str, Any] = {
+    "type": "object",
+    "properties": {"name": {"type": "string"}, "arguments": {"type": "string"}},
+    "required": ["name", "arguments"],
+}
+_TOOL_CALL: dict[str, Any] = {
+    "type": "object",
+    "description": "A call the model made; `arguments` is JSON text valid for the function.",
+    "properties": {
+        "id": {"type": "string"},
+        "type": {"const": "function"},
+        "function": _FUNCTION_CALL,
+    },
+    "required": ["id", "type", "function"],
+}
+
+_FINISH_REASON: dict[str, Any] = {
+    "enum": ["stop", "length", "tool_calls", "content_filter", "function_call", None]
+}
 
 RESPONSE_SCHEMAS: dict[str, dict[str, Any]] = {
     "OpenAIError": {
@@ -85,6 +104,8 @@ RESPONSE_SCHEMAS: dict[str, dict[str, Any]] = {
                                 "content": {"type": ["string", "null"]},
                                 "refusal": {"type": ["string", "null"]},
                                 "annotations": {"type": "array"},
+                                "tool_calls": {"type": "array", "items": _TOOL_CALL},
+                                "function_call": _FUNCTION_CALL,
                             },
                             "required": ["role", "content"],
                         },
@@ -127,6 +148,36 @@ RESPONSE_SCHEMAS: dict[str, dict[str, Any]] = {
         },
         "required": ["id", "object", "created", "model", "choices"],
     },
+    "TextCompletion": {
+        "type": "object",
+        "description": (
+            "A legacy text completion (`POST /v1/completions`). Its stream's `data:` lines have "
+            "the same shape, with `text` deltas; with `stream_options.include_usage` the last "
+            "one has no choices and the usage."
+        ),
+        "properties": {
+            "id": {"type": "string"},
+            "object": {"const": "text_completion"},
+            "created": {"type": "integer"},
+            "model": {"type": "string"},
+            "system_fingerprint": {"type": "string"},
+            "choices": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "properties": {
+                        "text": {"type": "string"},
+                        "index": {"type": "integer"},
+                        "logprobs": {"type": "null"},
+                        "finish_reason": {"enum": ["stop", "length", None]},
+                    },
+                    "required": ["text", "index", "logprobs", "finish_reason"],
+                },
+            },
+            "usage": _USAGE,
+        },
+        "required": ["id", "object", "created", "model", "choices"],
+    },
     "Model": {
         "type": "object",
         "properties": {
@@ -158,6 +209,23 @@ _SSE_EVENT: dict[str, Any] = {
                     "type": "string",
                     "contentMediaType": "application/json",
                     "contentSchema": {"anyOf": [_ref("ChatCompletionChunk"), _ref("OpenAIError")]},
+                },
+            ]
+        }
+    },
+    "required": ["data"],
+}
+
+_TEXT_SSE_EVENT: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "data": {
+            "anyOf": [
+                {"const": "[DONE]"},
+                {
+                    "type": "string",
+                    "contentMediaType": "application/json",
+                    "contentSchema": {"anyOf": [_ref("TextCompletion"), _ref("OpenAIError")]},
                 },
             ]
         }
@@ -265,18 +333,58 @@ def _paths() -> dict[str, Any]:
             },
         }
     }
+    text_ops = {
+        "post": {
+            "operationId": "v1_completions_create",
+            "summary": "Create a text completion (OpenAI's legacy `POST /v1/completions`).",
+            "description": (
+                "`prompt` as a string, strings, token ids or arrays of them; `n` choices per "
+                "prompt, in prompt order. Streams server-sent events when `stream` is true. "
+                "Unknown fields and wrongly typed values are a 400; so are `suffix`, "
+                "`logprobs`, `best_of` other than `n`, non-zero penalties and a `logit_bias`, "
+                "which Nebula's models do not support."
+            ),
+            "tags": ["openai"],
+            "security": _SECURITY,
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": _ref("CompletionRequest")}},
+            },
+            "responses": {
+                "200": {
+                    "description": "The completion, or its event stream.",
+                    "headers": _RATE_LIMIT_HEADERS,
+                    "content": {
+                        "application/json": {"schema": _ref("TextCompletion")},
+                        "text/event-stream": {"schema": _TEXT_SSE_EVENT},
+                    },
+                },
+                "400": _error("Invalid or unsupported body: the `param` names the field."),
+                "403": _error("This key may not use the model."),
+                "404": _error("No such ready model."),
+                "413": _error("The body is too large."),
+                "415": _error("The body is not JSON."),
+                **_ERRORS,
+            },
+        }
+    }
     return {
         "/v1/chat/completions": chat_ops,
+        "/v1/completions": text_ops,
         "/v1/models": models_ops,
         "/v1/models/{model_id}": model_ops,
     }
 
 
 def request_schemas() -> dict[str, Any]:
-    """The chat request as validated, and the models it refers to, as schema components."""
-    schema = ChatCompletionRequest.model_json_schema(ref_template=_REF)
-    components: dict[str, Any] = schema.pop("$defs", {})
-    components["ChatCompletionRequest"] = schema
+    """The requests as validated, and the models they refer to, as schema components."""
+    components: dict[str, Any] = {}
+    for model in (ChatCompletionRequest, CompletionRequest):
+        schema = model.model_json_schema(ref_template=_REF)
+        for name, definition in schema.pop("$defs", {}).items():
+            if components.setdefault(name, definition) != definition:
+                raise ValueError(f"OpenAPI component {name} is defined twice")
+        components[model.__name__] = schema
     return components
 
 

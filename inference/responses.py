@@ -55,19 +55,46 @@ def _logprobs(content: list[dict[str, Any]] | None) -> dict[str, Any] | None:
     return {"content": content, "refusal": None} if content else None
 
 
-def _message(text: str, tool_calls: list[dict[str, Any]] | None) -> dict[str, Any]:
+def _message(
+    text: str, tool_calls: list[dict[str, Any]] | None, *, legacy: bool = False
+) -> dict[str, Any]:
     message: dict[str, Any] = {
         "role": "assistant",
         "content": None if tool_calls and not text else text,
         "refusal": None,
         "annotations": [],
     }
-    if tool_calls:
+    if tool_calls and legacy:
+        # The deprecated `functions` API answers with one `function_call`, as OpenAI does.
+        message["function_call"] = tool_calls[0]["function"]
+    elif tool_calls:
         message["tool_calls"] = tool_calls
     return message
 
 
-def chat_completion(request_id: str, model: str, done: DoneMessage) -> dict[str, Any]:
+def tool_call_deltas(
+    fragments: list[dict[str, Any]], *, legacy: bool = False
+) -> list[dict[str, Any]]:
+    """`delta` bodies for a choice's tool-call fragments: a new delta whenever a call's index
+    comes again, so a call's first delta (id, type, name, empty arguments) is its own, then its
+    argument pieces, as OpenAI streams them; `function_call` deltas for the legacy API."""
+    deltas: list[dict[str, Any]] = []
+    seen: set[int] = set()
+    for fragment in fragments:
+        if legacy:
+            deltas.append({"function_call": fragment["function"]})
+            continue
+        if not deltas or fragment["index"] in seen:
+            deltas.append({"tool_calls": []})
+            seen = set()
+        deltas[-1]["tool_calls"].append(fragment)
+        seen.add(fragment["index"])
+    return deltas
+
+
+def chat_completion(
+    request_id: str, model: str, done: DoneMessage, *, legacy_functions: bool = False
+) -> dict[str, Any]:
     texts = done.get("texts") or []
     calls = done.get("tool_calls") or [None] * len(texts)
     logprobs = done.get("logprobs") or [None] * len(texts)
@@ -81,7 +108,7 @@ def chat_completion(request_id: str, model: str, done: DoneMessage) -> dict[str,
         "choices": [
             {
                 "index": index,
-                "message": _message(text, calls[index]),
+                "message": _message(text, calls[index], legacy=legacy_functions),
                 "logprobs": _logprobs(logprobs[index]),
                 "finish_reason": done["finish"][index] or "stop",
             }
@@ -116,6 +143,7 @@ async def sse_events(
         + b'","service_tier":"default","choices":['
     )
     tail = b'],"usage":null}\n\n' if request.include_usage else b"]}\n\n"
+    legacy = request.functions is not None
 
     def chunk(
         index: int,
@@ -145,10 +173,13 @@ async def sse_events(
                 parts = []
                 for index in dict.fromkeys([*texts, *calls, *logprobs]):
                     delta: dict[str, Any] = {"content": texts[index]} if texts.get(index) else {}
+                    more: list[dict[str, Any]] = []
                     if index in calls:
-                        delta["tool_calls"] = calls[index]
+                        first, *more = tool_call_deltas(calls[index], legacy=legacy) or [{}]
+                        delta.update(first)
                     if delta or index in logprobs:
                         parts.append(chunk(index, delta, logprobs=logprobs.get(index)))
+                    parts += [chunk(index, extra) for extra in more]
                 parts += [chunk(index, {}, reason) for index, reason in message["f"]]
                 if parts:
                     completion.relayed = True
@@ -212,7 +243,13 @@ async def chat_response(completion: Completion, request: ChatCompletionRequest) 
             done = await completion.result()
             completion.close()
             response = json_response(
-                chat_completion(completion.ctx.request_id, request.model, done), headers={}
+                chat_completion(
+                    completion.ctx.request_id,
+                    request.model,
+                    done,
+                    legacy_functions=request.functions is not None,
+                ),
+                headers={},
             )
     except NebulaError:
         completion.close()

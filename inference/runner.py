@@ -19,7 +19,7 @@ from inference.backends.openai_compatible import (
     relay_chat,
 )
 from inference.batching import JobGone, Outbox
-from inference.engine import Generation, GenerationRequest, HardwareSpec
+from inference.engine import Generation, GenerationRequest, HardwareSpec, ToolSpec
 from inference.jobs import (
     FINISH,
     JOB_TTL_SECONDS,
@@ -188,6 +188,8 @@ class JobRun:
                 top_p=job["top_p"],
                 ignore_eos=job["ignore_eos"],
                 min_tokens=job["min_tokens"],
+                tools=_tool_spec(job),
+                choice_prompts=tuple((text, tokens) for text, tokens in job.get("prompts", [])),
             )
         )
         # The worker's engine loop paces it at the simulated GPU's speed and sends its deltas.
@@ -234,13 +236,16 @@ class JobRun:
     def delta_message(self, outbox: Outbox) -> DeltaMessage:
         """The next message of the stream, with what `outbox` holds."""
         self.seq += 1
-        return {
+        message: DeltaMessage = {
             "r": self.job["id"],
             "t": "delta",
             "seq": self.seq,
             "d": outbox.deltas,
             "f": outbox.finished,
         }
+        if outbox.tool_calls:
+            message["tc"] = outbox.tool_calls
+        return message
 
     def salvage(self, outcome: Outcome) -> None:
         """End the job after Redis failed under it, once Redis answers again.
@@ -381,6 +386,20 @@ class JobRun:
         if settled:
             logger.warning("job %s was lost with its worker; recorded it", job["id"])
             self.settle_tokens(tokens)
+
+
+def _tool_spec(job: JobPayload) -> ToolSpec | None:
+    tools = job.get("tools")
+    if tools is None:
+        return None
+    return ToolSpec(
+        functions=tuple((f["name"], f["description"], f["parameters"]) for f in tools["functions"]),
+        choice=tools["choice"],
+        name=tools["name"],
+        parallel=tools["parallel"],
+        legacy=tools["legacy"],
+        answered=tools["answered"],
+    )
 
 
 class _UpstreamPort:
@@ -539,11 +558,10 @@ def completion_execute(job: JobPayload, worker: WorkerRuntime) -> None:
         }
         if not job["stream"]:
             done["texts"] = generation.texts()
-            if isinstance(generation, UpstreamResult):
-                if any(generation.tool_calls()):
-                    done["tool_calls"] = generation.tool_calls()
-                if any(generation.logprobs()):
-                    done["logprobs"] = generation.logprobs()
+            if any(generation.tool_calls()):
+                done["tool_calls"] = generation.tool_calls()
+            if isinstance(generation, UpstreamResult) and any(generation.logprobs()):
+                done["logprobs"] = generation.logprobs()
         outcome = Outcome(
             state="done",
             status=200,

@@ -8,7 +8,15 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictStr,
+    ValidationError,
+    model_validator,
+)
 
 from infra.errors import InvalidRequest
 
@@ -82,18 +90,65 @@ class UserMessage(_Message):
     content: Content
 
 
+# --- Tools (functions the model may call) ---------------------------------------------------------
+
+FunctionName = Annotated[StrictStr, Field(pattern=r"^[a-zA-Z0-9_-]{1,64}$")]
+
+
+class FunctionDefinition(BaseModel):
+    model_config = _IGNORE_EXTRA
+    name: FunctionName
+    description: StrictStr | None = None
+    parameters: dict[str, Any] | None = None  # a JSON Schema (checked in inference.toolcalls)
+    strict: StrictBool | None = None
+
+
+class FunctionTool(BaseModel):
+    model_config = _IGNORE_EXTRA
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class NamedFunction(BaseModel):
+    model_config = _IGNORE_EXTRA
+    name: StrictStr
+
+
+class NamedToolChoice(BaseModel):
+    model_config = _IGNORE_EXTRA
+    type: Literal["function"]
+    function: NamedFunction
+
+
+ToolChoice = Literal["none", "auto", "required"] | NamedToolChoice
+FunctionCallChoice = Literal["none", "auto"] | NamedFunction
+
+
+class FunctionCall(BaseModel):
+    model_config = _IGNORE_EXTRA
+    name: StrictStr
+    arguments: StrictStr
+
+
+class AssistantToolCall(BaseModel):
+    model_config = _IGNORE_EXTRA
+    id: Annotated[StrictStr, Field(min_length=1)]
+    type: Literal["function"]
+    function: FunctionCall
+
+
 class AssistantMessage(_Message):
     role: Literal["assistant"]
     content: Content | None = None
     refusal: str | None = None
-    tool_calls: list[dict[str, Any]] | None = None
-    function_call: dict[str, Any] | None = None
+    tool_calls: list[AssistantToolCall] | None = None
+    function_call: FunctionCall | None = None
 
 
 class ToolMessage(_Message):
     role: Literal["tool"]
     content: Content
-    tool_call_id: str
+    tool_call_id: StrictStr
 
 
 class FunctionMessage(_Message):
@@ -136,6 +191,14 @@ class ChatCompletionRequest(BaseModel):
     # vLLM's extra sampling parameters: keep generating past the model's natural end.
     ignore_eos: bool | None = None
     min_tokens: Annotated[int, Field(ge=0, le=2**31 - 1)] | None = None
+    # Tool calling (inference.toolcalls checks how they fit together and with the messages).
+    tools: Annotated[list[FunctionTool], Field(min_length=1, max_length=128)] | None = None
+    tool_choice: ToolChoice | None = None
+    parallel_tool_calls: StrictBool | None = None
+    functions: Annotated[list[FunctionDefinition], Field(min_length=1, max_length=128)] | None = (
+        None
+    )
+    function_call: FunctionCallChoice | None = None
 
     @model_validator(mode="after")
     def _stream_options_need_stream(self) -> ChatCompletionRequest:
@@ -164,6 +227,7 @@ class ChatCompletionRequest(BaseModel):
 
 _ROLES = {"system", "developer", "user", "assistant", "tool", "function"}
 _PART_TYPES = {"text", "image_url", "input_audio", "file", "refusal"}
+_DISCRIMINATED = {"messages", "content"}  # the lists whose items are tagged unions
 
 
 def _param(location: tuple[int | str, ...]) -> str | None:
@@ -174,15 +238,17 @@ def _param(location: tuple[int | str, ...]) -> str | None:
     """
     path = ""
     previous: int | str | None = None
+    field: str | None = None  # the last field name in the path
     for part in location:
         if isinstance(part, int):
             path += f"[{part}]"
-        elif isinstance(previous, int) and part in _ROLES | _PART_TYPES:
-            pass  # a discriminator tag
-        elif "[" in part or part in {"str", "int", "float", "bool"}:
-            pass  # a union branch's type name
+        elif isinstance(previous, int) and field in _DISCRIMINATED and part in _ROLES | _PART_TYPES:
+            pass  # a discriminator tag (`function` elsewhere is a field: tools[0].function)
+        elif "[" in part or part in {"str", "int", "float", "bool"} or part[:1].isupper():
+            pass  # a union branch's type or model name (fields are lower case)
         else:
             path += f".{part}" if path else part
+            field = part
         previous = part
     return path or None
 

@@ -12,16 +12,20 @@ before it started, lost with its worker) is recorded by the web process. See `in
 from __future__ import annotations
 
 import time
-from typing import Any
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 from django.conf import settings
 
 from inference.completion import Completion
-from inference.engine import count_chat_tokens
+from inference.engine import count_chat_tokens, count_tokens
 from inference.gateway import Caller, RequestContext, gateway_admit
 from inference.hub import reply_hub
-from inference.jobs import JobPayload, celery_message
+from inference.jobs import JobPayload, ToolsJob, celery_message
 from inference.schemas import ChatCompletionRequest
+from inference.text_schemas import CompletionRequest
+from inference.toolcalls import tools_check, tools_prompt_tokens
 from infra.errors import InvalidRequest, NotFound
 from keys.auth import KeyInfo
 from models_registry.catalog import ModelInfo, catalog_snapshot
@@ -82,12 +86,112 @@ async def completion_submit(
     ctx: RequestContext, *, caller: Caller, request: ChatCompletionRequest
 ) -> Completion:
     """Admit a chat completion and enqueue it. Raises NebulaError for any refusal."""
+    prompt, user_text, prompt_tokens = _check_size(request)
+    tools = tools_check(request)
+    prompt_tokens += tools_prompt_tokens(tools)
+    return await _job_submit(
+        ctx,
+        caller=caller,
+        request=request,
+        job=_JobText(prompt, user_text, prompt_tokens, prompt_tokens, "messages"),
+        ignore_eos=bool(request.ignore_eos),
+        min_tokens=request.min_tokens or 0,
+        tools=tools,
+        upstream=lambda: upstream_body(request),
+    )
+
+
+async def text_completion_submit(
+    ctx: RequestContext, *, caller: Caller, request: CompletionRequest
+) -> Completion:
+    """Admit a legacy text completion (`/v1/completions`) and enqueue it: one job whose
+    choices are `n` per prompt, in prompt order. Raises NebulaError for any refusal."""
+    prompts: list[tuple[str, int]] = []
+    for index, prompt in enumerate(request.prompts):
+        text = prompt if isinstance(prompt, str) else " ".join(map(str, prompt))
+        if len(text) > settings.NEBULA_MAX_MESSAGE_CHARS:
+            raise InvalidRequest(
+                f"The prompt is {len(text)} characters long (at most "
+                f"{settings.NEBULA_MAX_MESSAGE_CHARS}).",
+                param=f"prompt[{index}]" if not isinstance(request.prompt, str) else "prompt",
+                code="message_too_long",
+            )
+        # Token ids count as themselves; there is no vocabulary to read them back with.
+        prompts.append((text, count_tokens(text) if isinstance(prompt, str) else len(prompt)))
+    if len(prompts) > settings.NEBULA_MAX_MESSAGES:
+        raise InvalidRequest(
+            f"Too many prompts: {len(prompts)} (at most {settings.NEBULA_MAX_MESSAGES}).",
+            param="prompt",
+            code="too_many_messages",
+        )
+    n = request.n or 1
+    return await _job_submit(
+        ctx,
+        caller=caller,
+        request=request,
+        job=_JobText(
+            prompt="\n".join(text for text, _ in prompts),
+            user_text=prompts[-1][0],
+            prompt_tokens=sum(tokens for _, tokens in prompts),
+            context_tokens=max(tokens for _, tokens in prompts),
+            param="prompt",
+        ),
+        n=n * len(prompts),
+        prompts=[prompt for prompt in prompts for _ in range(n)],
+    )
+
+
+class _Sampling(Protocol):
+    """What a job takes of a request (chat or text completion)."""
+
+    model: str
+    seed: int | None
+    stream: bool | None
+
+    @property
+    def n(self) -> int | None: ...
+
+    @property
+    def temperature(self) -> float | None: ...
+
+    @property
+    def top_p(self) -> float | None: ...
+
+    @property
+    def token_limit(self) -> int | None: ...
+
+    @property
+    def stop_sequences(self) -> tuple[str, ...]: ...
+
+
+@dataclass(frozen=True)
+class _JobText:
+    prompt: str  # the whole prompt, flattened: seeds the generator
+    user_text: str  # gives the reply its topic
+    prompt_tokens: int  # billed
+    context_tokens: int  # must fit the context with the completion (the longest prompt)
+    param: str  # what a too-long prompt is called
+
+
+async def _job_submit(
+    ctx: RequestContext,
+    *,
+    caller: Caller,
+    request: _Sampling,
+    job: _JobText,
+    n: int | None = None,
+    ignore_eos: bool = False,
+    min_tokens: int = 0,
+    tools: ToolsJob | None = None,
+    prompts: list[tuple[str, int]] | None = None,
+    upstream: Callable[[], dict[str, Any]] | None = None,
+) -> Completion:
     ctx.model = request.model
     ctx.stream = bool(request.stream)
-    prompt, user_text, prompt_tokens = _check_size(request)
+    prompt, user_text, prompt_tokens = job.prompt, job.user_text, job.prompt_tokens
     hub = reply_hub()
     await hub.ready()
-    n = request.n or 1
+    n = n or request.n or 1
     payload_holder: list[JobPayload] = []
 
     def build_job(key: KeyInfo, model: ModelInfo) -> tuple[bytes, int]:
@@ -100,19 +204,27 @@ async def completion_submit(
                 code="invalid_value",
             )
         limit = request.token_limit
+        context_tokens = job.context_tokens
         if (
-            prompt_tokens + (limit or 0) > model.context_length
-            or prompt_tokens >= model.context_length
+            context_tokens + (limit or 0) > model.context_length
+            or context_tokens >= model.context_length
         ):
             raise InvalidRequest(
                 f"This model's maximum context length is {model.context_length} tokens. However, "
-                f"you requested {prompt_tokens + (limit or 0)} tokens ({prompt_tokens} in the "
-                f"messages, {limit or 0} in the completion). Reduce the length of the messages "
-                "or the completion.",
-                param="messages",
+                f"you requested {context_tokens + (limit or 0)} tokens ({context_tokens} in the "
+                f"{job.param}, {limit or 0} in the completion). Reduce the length of the "
+                f"{job.param} or the completion.",
+                param=job.param,
                 code="context_length_exceeded",
             )
-        room = model.context_length - prompt_tokens
+        if model.backend == Backend.OPENAI_COMPATIBLE and upstream is None:
+            raise InvalidRequest(
+                f"'{model.name}' is served by an external engine, which Nebula relays chat "
+                "completions to only: use /v1/chat/completions.",
+                param="model",
+                code="unsupported_endpoint",
+            )
+        room = model.context_length - context_tokens
         reserve = prompt_tokens + n * (
             limit if limit is not None else min(room, DEFAULT_COMPLETION_RESERVE)
         )
@@ -139,8 +251,8 @@ async def completion_submit(
             "seed": request.seed,
             "temperature": 1.0 if request.temperature is None else request.temperature,
             "top_p": 1.0 if request.top_p is None else request.top_p,
-            "ignore_eos": bool(request.ignore_eos),
-            "min_tokens": request.min_tokens or 0,
+            "ignore_eos": ignore_eos,
+            "min_tokens": min_tokens,
             "stream": ctx.stream,
             "endpoint": ctx.endpoint,
             "client": ctx.client,
@@ -148,9 +260,13 @@ async def completion_submit(
             "tpm_reserved": reserve if key.tpm_limit else 0,
             "tpm_limit": key.tpm_limit,
         }
-        if model.backend == Backend.OPENAI_COMPATIBLE:
+        if tools is not None:
+            payload["tools"] = tools
+        if prompts is not None:
+            payload["prompts"] = prompts
+        if model.backend == Backend.OPENAI_COMPATIBLE and upstream is not None:
             payload["model"]["backend"] = model.backend
-            payload["upstream"] = {"deployment_id": model.pk, "body": upstream_body(request)}
+            payload["upstream"] = {"deployment_id": model.pk, "body": upstream()}
         payload_holder[:] = [payload]
         return celery_message(payload), reserve
 

@@ -1,6 +1,6 @@
-"""`/v1/chat/completions` and `/v1/models`: async views on the lean API handler (see
-infra.middleware.ApiASGIHandler). Each parses, calls one service, and renders; `v1_endpoint`
-does the rest (method, key, refusals)."""
+"""`/v1/chat/completions`, `/v1/completions` and `/v1/models`: async views on the lean API
+handler (see infra.middleware.ApiASGIHandler). Each parses, calls one service, and renders;
+`v1_endpoint` does the rest (method, key, refusals)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,14 @@ from inference.edge import json_response, read_json_body, v1_endpoint
 from inference.gateway import Caller, RequestContext
 from inference.responses import chat_response, model_object
 from inference.schemas import parse_chat_request
-from inference.services import completion_submit, model_find, models_visible
+from inference.services import (
+    completion_submit,
+    model_find,
+    models_visible,
+    text_completion_submit,
+)
+from inference.text_responses import text_completion_response
+from inference.text_schemas import parse_completion_request
 
 
 @v1_endpoint("POST", endpoint="/v1/chat/completions")
@@ -20,6 +27,15 @@ async def chat_completions(
     body = parse_chat_request(read_json_body(request))
     completion = await completion_submit(ctx, caller=caller, request=body)
     return await chat_response(completion, body)
+
+
+@v1_endpoint("POST", endpoint="/v1/completions")
+async def completions(
+    request: HttpRequest, ctx: RequestContext, caller: Caller
+) -> HttpResponseBase:
+    body = parse_completion_request(read_json_body(request))
+    completion = await text_completion_submit(ctx, caller=caller, request=body)
+    return await text_completion_response(completion, body)
 
 
 @v1_endpoint("GET", endpoint="/v1/models")

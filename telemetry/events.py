@@ -12,6 +12,8 @@ import orjson
 from infra.logging import redact
 
 STREAM = "nebula:usage"
+# The endpoints that generate tokens: their records have first-token and latency timings.
+GENERATION_ENDPOINTS = ("/v1/chat/completions", "/v1/completions")
 # Inter-token latency histogram bounds (ms), as vLLM's `time_per_output_token` buckets.
 ITL_BUCKETS_MS = (10, 25, 50, 75, 100, 150, 200, 300, 400, 500, 750, 1000, 2500)
 

@@ -24,7 +24,7 @@ from inference.heartbeats import live_workers
 from inference.slots import slot_usage
 from infra.redis_client import get_redis
 from models_registry.models import DeployedModel, ModelState
-from telemetry.events import ITL_BUCKETS_MS, UsageEvent
+from telemetry.events import GENERATION_ENDPOINTS, ITL_BUCKETS_MS, UsageEvent
 
 HASH = "nebula:prometheus"
 PREFIX = "nebula:"
@@ -104,7 +104,7 @@ def metrics_observe(events: list[UsageEvent]) -> None:
         increments[_field("generation_tokens", (("model_name", model),))] += event[
             "completion_tokens"
         ]
-        if event["endpoint"] != "/v1/chat/completions":
+        if event["endpoint"] not in GENERATION_ENDPOINTS:
             continue
         reason = event["finish_reason"] or "stop"
         increments[

@@ -14,6 +14,7 @@ from infra.errors import InvalidRequest
 from keys.access import Actor, keys_visible_to
 from keys.models import ApiKey
 from models_registry.services import fleet_snapshot
+from telemetry.events import GENERATION_ENDPOINTS
 from telemetry.health import health_report
 from telemetry.models import RefusalTally, UsageRecord
 
@@ -103,7 +104,7 @@ def _aggregate(
             if row["status"] == 429:
                 totals["rate_limited"] += row["n"]
     totals["errors"] = {str(status): by_status[status] for status in sorted(by_status)}
-    completions = records.filter(endpoint="/v1/chat/completions", status=200)
+    completions = records.filter(endpoint__in=GENERATION_ENDPOINTS, status=200)
     totals["latency_ms"] = percentiles(completions, "latency_ms", (0.5, 0.95))
     totals["ttft_ms"] = percentiles(completions, "ttft_ms", (0.5, 0.95))
     return totals

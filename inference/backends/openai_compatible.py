@@ -441,6 +441,11 @@ class _Relay:
                 deltas[index] = deltas.get(index, "") + text
                 bearing = True
             tool_calls = delta.get("tool_calls")
+            function_call = delta.get("function_call")
+            if isinstance(function_call, dict) and function_call and not tool_calls:
+                # The legacy functions API: its one call travels as call 0 (the web side
+                # renders it back as `function_call`).
+                tool_calls = [{"index": 0, "function": function_call}]
             if isinstance(tool_calls, list) and tool_calls:
                 calls.setdefault(index, []).extend(tool_calls)
                 _merge_tool_calls(choice, tool_calls)

@@ -9,9 +9,11 @@ from __future__ import annotations
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 from inference.engine.textgen import generate_words, natural_length, seed_for
-from inference.engine.tokenizer import iter_tokens
+from inference.engine.tokenizer import count_tokens, iter_tokens
+from inference.engine.tools import PlannedCall, ToolSpec, plan_calls
 
 FINISH_STOP = "stop"
 FINISH_LENGTH = "length"
@@ -33,11 +35,18 @@ class GenerationRequest:
     # vLLM's extensions: never end naturally, or not before this many tokens.
     ignore_eos: bool = False
     min_tokens: int = 0
+    tools: ToolSpec | None = None  # the functions the model may call
+    # Text completions with several prompts: each choice's own (prompt, its tokens).
+    choice_prompts: tuple[tuple[str, int], ...] = ()
 
     @property
     def token_budget(self) -> int:
         """Most tokens one choice may generate: max_tokens, and what is left of the context."""
-        room = max(self.context_length - self.prompt_tokens, 0)
+        return self.budget_for(0)
+
+    def budget_for(self, index: int) -> int:
+        prompt_tokens = self.choice_prompts[index][1] if self.choice_prompts else self.prompt_tokens
+        room = max(self.context_length - prompt_tokens, 0)
         return room if self.max_tokens is None else min(self.max_tokens, room)
 
 
@@ -50,6 +59,9 @@ class _Choice:
     text: str = ""
     generated: int = 0
     finish_reason: str | None = None
+    # A choice that calls functions streams their fragments instead of text: (fragment, tokens).
+    fragments: list[tuple[dict[str, Any], int]] = field(default_factory=list)
+    tool_calls: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +70,8 @@ class Step:
 
     deltas: tuple[tuple[int, str], ...]
     finished: tuple[tuple[int, str], ...] = ()
+    # Streaming `delta.tool_calls` entries (OpenAI's shape), per choice index.
+    tool_deltas: tuple[tuple[int, dict[str, Any]], ...] = ()
 
 
 @dataclass
@@ -69,21 +83,27 @@ class Generation:
         req = self.request
         self.choices = []
         for index in range(req.n):
+            prompt, user_text = req.prompt_text, req.user_text
+            if req.choice_prompts:
+                prompt = user_text = req.choice_prompts[index][0]
             rng = random.Random(  # noqa: S311 - simulated text, not security
                 seed_for(
                     model=req.model,
-                    prompt=req.prompt_text,
+                    prompt=prompt,
                     seed=req.seed,
                     temperature=req.temperature,
                     top_p=req.top_p,
                     choice=index,
                 )
             )
+            calls = plan_calls(req.tools, rng=rng, user_text=user_text) if req.tools else []
             words = generate_words(
-                rng=rng, user_text=req.user_text, temperature=req.temperature, top_p=req.top_p
+                rng=rng, user_text=user_text, temperature=req.temperature, top_p=req.top_p
             )
             tokens = (token for word in words for token in iter_tokens(word))
-            self.choices.append(_Choice(index=index, tokens=tokens, target=natural_length(rng)))
+            choice = _Choice(index=index, tokens=tokens, target=natural_length(rng))
+            choice.fragments = _fragments(calls)
+            self.choices.append(choice)
 
     @property
     def completion_tokens(self) -> int:
@@ -99,9 +119,13 @@ class Generation:
     def finish_reasons(self) -> list[str | None]:
         return [choice.finish_reason for choice in self.choices]
 
+    def tool_calls(self) -> list[list[dict[str, Any]] | None]:
+        """Each choice's calls as OpenAI's `message.tool_calls` (None: it answered in text)."""
+        return [choice.tool_calls or None for choice in self.choices]
+
     def steps(self) -> Iterator[Step]:
-        budget = self.request.token_budget
-        if budget <= 0:
+        budgets = [self.request.budget_for(choice.index) for choice in self.choices]
+        if all(budget <= 0 for budget in budgets):
             for choice in self.choices:
                 choice.finish_reason = FINISH_LENGTH
             yield Step(deltas=(), finished=tuple((c.index, FINISH_LENGTH) for c in self.choices))
@@ -109,15 +133,45 @@ class Generation:
         while not self.done:
             deltas: list[tuple[int, str]] = []
             finished: list[tuple[int, str]] = []
+            tool_deltas: list[tuple[int, dict[str, Any]]] = []
             for choice in self.choices:
                 if choice.finish_reason is not None:
+                    continue
+                budget = budgets[choice.index]
+                if choice.fragments:
+                    fragment, reason = self._advance_call(choice, budget)
+                    tool_deltas.append((choice.index, fragment))
+                    if reason is not None:
+                        finished.append((choice.index, reason))
                     continue
                 delta, reason = self._advance(choice, budget)
                 if delta:
                     deltas.append((choice.index, delta))
                 if reason is not None:
                     finished.append((choice.index, reason))
-            yield Step(deltas=tuple(deltas), finished=tuple(finished))
+            yield Step(
+                deltas=tuple(deltas), finished=tuple(finished), tool_deltas=tuple(tool_deltas)
+            )
+
+    def _advance_call(self, choice: _Choice, budget: int) -> tuple[dict[str, Any], str | None]:
+        """The next fragment of the choice's calls: a call's header (id, type, name and empty
+        arguments), or a token of its arguments."""
+        fragment, tokens = choice.fragments.pop(0)
+        choice.generated += tokens
+        function = fragment["function"]
+        if "id" in fragment:
+            choice.tool_calls.append(
+                {"id": fragment["id"], "type": "function", "function": dict(function)}
+            )
+        else:
+            choice.tool_calls[-1]["function"]["arguments"] += function["arguments"]
+        if not choice.fragments:
+            spec = self.request.tools
+            choice.finish_reason = spec.finish_reason if spec else FINISH_STOP
+        elif choice.generated >= budget:
+            choice.finish_reason = FINISH_LENGTH
+            choice.fragments = []
+        return fragment, choice.finish_reason
 
     def _advance(self, choice: _Choice, budget: int) -> tuple[str, str | None]:
         token = next(choice.tokens)
@@ -149,6 +203,24 @@ class Generation:
         choice.held = ""
         choice.finish_reason = reason
         return text, reason
+
+
+def _fragments(calls: list[PlannedCall]) -> list[tuple[dict[str, Any], int]]:
+    """The streamed pieces of `calls`, each with the tokens it costs."""
+    fragments: list[tuple[dict[str, Any], int]] = []
+    for index, call in enumerate(calls):
+        header = {
+            "index": index,
+            "id": call.id,
+            "type": "function",
+            "function": {"name": call.name, "arguments": ""},
+        }
+        fragments.append((header, max(1, count_tokens(call.name))))
+        fragments += [
+            ({"index": index, "function": {"arguments": piece}}, 1)
+            for piece in iter_tokens(call.arguments)
+        ]
+    return fragments
 
 
 def _longest_stop_prefix_suffix(text: str, stops: tuple[str, ...]) -> int:

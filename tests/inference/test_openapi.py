@@ -7,6 +7,7 @@ import pytest
 from drf_spectacular.validation import validate_schema
 
 from inference.schemas import ChatCompletionRequest
+from inference.text_schemas import CompletionRequest
 
 pytestmark = pytest.mark.django_db
 
@@ -33,6 +34,7 @@ def test_the_schema_is_served_as_yaml_by_default(client):
 def test_it_describes_every_endpoint_including_the_openai_ones(schema):
     assert set(schema["paths"]) == {
         "/v1/chat/completions",
+        "/v1/completions",
         "/v1/models",
         "/v1/models/{model_id}",
         "/apikeys",
@@ -59,6 +61,19 @@ def test_the_chat_request_schema_is_the_validators_own(schema):
     assert described["required"] == ["model", "messages"]
     assert set(described["properties"]) == set(ChatCompletionRequest.model_fields)
     assert set(chat["responses"]["200"]["content"]) == {"application/json", "text/event-stream"}
+
+
+def test_the_text_completion_request_schema_is_the_validators_own(schema):
+    text = schema["paths"]["/v1/completions"]["post"]
+    body = text["requestBody"]["content"]["application/json"]["schema"]
+    assert body == {"$ref": "#/components/schemas/CompletionRequest"}
+    described = schema["components"]["schemas"]["CompletionRequest"]
+    assert described["required"] == ["model", "prompt"]
+    assert described["additionalProperties"] is False
+    assert set(described["properties"]) == set(CompletionRequest.model_fields)
+    responses = text["responses"]["200"]["content"]
+    whole = {"$ref": "#/components/schemas/TextCompletion"}
+    assert responses["application/json"]["schema"] == whole
 
 
 def test_every_operation_documents_the_error_format(schema):

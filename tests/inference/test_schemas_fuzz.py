@@ -13,10 +13,18 @@ from hypothesis import strategies as st
 
 from inference.schemas import ChatCompletionRequest, parse_chat_request
 from inference.services import _check_size
+from inference.toolcalls import tools_check
 from infra.errors import InvalidRequest
 
 CODES = {"invalid_json", "missing_required_parameter", "invalid_value", "invalid_type"}
 SIZE_CODES = {"too_many_messages", "message_too_long", "unsupported_content"}
+TOOL_CODES = {
+    "invalid_value",
+    "invalid_tool_call_id",
+    "invalid_function_parameters",
+    "unsupported_schema_keyword",
+    "missing_required_parameter",
+}
 FUZZ = settings(
     max_examples=300,
     deadline=None,
@@ -53,6 +61,41 @@ messages = st.fixed_dictionaries(
         "tool_calls": json_values,
     },
 )
+# Function parameters: any JSON, and schema-shaped objects built from real keywords.
+schema_keywords = st.sampled_from(
+    [
+        "type",
+        "properties",
+        "required",
+        "items",
+        "enum",
+        "$ref",
+        "anyOf",
+        "allOf",
+        "oneOf",
+        "minimum",
+        "maximum",
+        "minLength",
+        "maxLength",
+        "minItems",
+        "pattern",
+        "const",
+        "$defs",
+    ]
+)
+schemas = st.recursive(
+    st.fixed_dictionaries({}, optional={"type": st.sampled_from(["object", "string", "integer"])}),
+    lambda children: st.dictionaries(schema_keywords, children | json_values, max_size=4),
+    max_leaves=10,
+)
+functions = st.fixed_dictionaries(
+    {"name": st.sampled_from(["f", "g"]) | json_values},
+    optional={"description": json_values, "parameters": schemas | json_values},
+)
+tools = st.fixed_dictionaries({"type": st.just("function") | json_values, "function": functions})
+named = st.fixed_dictionaries(
+    {"type": st.just("function"), "function": st.fixed_dictionaries({"name": st.just("f")})}
+)
 fields = {
     "max_tokens": json_values,
     "max_completion_tokens": json_values,
@@ -66,6 +109,11 @@ fields = {
     "user": json_values,
     "ignore_eos": json_values,
     "min_tokens": json_values,
+    "tools": json_values | st.lists(tools, max_size=3),
+    "tool_choice": json_values | st.sampled_from(["auto", "none", "required"]) | named,
+    "parallel_tool_calls": json_values,
+    "functions": json_values | st.lists(functions, max_size=2),
+    "function_call": json_values | st.sampled_from(["auto", "none"]),
 }
 requests = st.fixed_dictionaries(
     {"model": st.text(max_size=10) | json_values, "messages": st.lists(messages, max_size=4)},
@@ -81,6 +129,12 @@ def _carry(request: ChatCompletionRequest) -> None:
     except InvalidRequest as error:
         refusal = error
     assert refusal is None or refusal.code in SIZE_CODES
+    tool_refusal: InvalidRequest | None = None
+    try:
+        orjson.dumps(tools_check(request))
+    except InvalidRequest as error:
+        tool_refusal = error
+    assert tool_refusal is None or tool_refusal.code in TOOL_CODES, tool_refusal.body()
     # Every value must survive the trip to the worker as JSON.
     orjson.dumps(request.model_dump())
     assert request.token_limit is None or request.token_limit >= 1

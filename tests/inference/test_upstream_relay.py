@@ -140,6 +140,28 @@ def test_tool_calls_and_logprobs_are_relayed(engine, worker, listener):
     assert [e["logprob"] for _, entries in lp for e in entries] == [-0.25, -0.25]
 
 
+def test_a_legacy_function_call_is_relayed_as_call_zero(engine, worker, listener):
+    model = deploy(engine.url)
+    streaming = upstream_job(model, listener, "weather? [[function_call]]")
+    run(streaming, worker)
+    parts = [entry for d in listener.of(streaming["id"], "delta") for entry in d.get("tc", [])]
+    assert parts[0][1][0] == {
+        "index": 0,
+        "function": {"name": "get_weather", "arguments": '{"city": '},
+    }
+    arguments = "".join(call["function"]["arguments"] for _, calls in parts for call in calls)
+    assert arguments == '{"city": "Paris"}'
+    finishes = [f for d in listener.of(streaming["id"], "delta") for f in d["f"]]
+    assert finishes == [[0, "function_call"]]
+
+    whole = upstream_job(model, listener, "weather? [[function_call]]", stream=False)
+    run(whole, worker)
+    (done,) = listener.of(whole["id"])
+    (calls,) = done["tool_calls"]
+    assert calls[0]["function"] == {"name": "get_weather", "arguments": '{"city": "Paris"}'}
+    assert done["finish"] == ["function_call"]
+
+
 def test_an_engine_that_answers_json_to_a_stream_request_is_understood(engine, worker, listener):
     model = deploy(engine.url)
     job = upstream_job(model, listener, "hi [[tokens=3]] [[json]]")

@@ -36,6 +36,7 @@ CHECKS = [
 ]
 OPERATIONS = [
     ("POST", "/v1/chat/completions"),
+    ("POST", "/v1/completions"),
     ("GET", "/v1/models"),
     ("GET", "/v1/models/{model_id}"),
     ("GET", "/apikeys"),

@@ -14,6 +14,7 @@ Commands travel in the last user message, so concurrent requests each get their 
     [[hang_after=N]]  after N tokens, send nothing more (until the client leaves)
     [[garbage]]       a 200 stream of things that are not JSON
     [[tool_call]]     call the tool get_weather with {"city": "Paris"} (finish: tool_calls)
+    [[function_call]] the same as the legacy functions API's function_call (finish: function_call)
     [[logprobs]]      logprobs on every content token
     [[no_usage]]      no usage chunk, even when asked for one
     [[echo_auth]]     with [[status=C]]: the error message quotes the Authorization header
@@ -251,9 +252,12 @@ class _Handler(BaseHTTPRequestHandler):
         prompt_tokens = sum(len(str(m.get("content") or "").split()) for m in messages)
         created = int(time.time())
         cid = "chatcmpl-up-" + entry["id"][:12]
-        tool = "tool_call" in commands
+        legacy = "function_call" in commands
+        tool = "tool_call" in commands or legacy
         reason = (
-            "tool_calls" if tool else ("length" if body.get("max_tokens") == tokens else "stop")
+            ("function_call" if legacy else "tool_calls")
+            if tool
+            else ("length" if body.get("max_tokens") == tokens else "stop")
         )
         usage = {
             "prompt_tokens": prompt_tokens,
@@ -261,7 +265,12 @@ class _Handler(BaseHTTPRequestHandler):
             "total_tokens": prompt_tokens + tokens * n,
         }
         if not body.get("stream") or "json" in commands:
-            self._json(200, self._completion(cid, created, n, tokens, tool, reason, usage))
+            completion = self._completion(cid, created, n, tokens, tool, reason, usage)
+            if legacy:
+                for whole in completion["choices"]:
+                    (made,) = whole["message"].pop("tool_calls")
+                    whole["message"]["function_call"] = made["function"]
+            self._json(200, completion)
             return
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream")
@@ -318,6 +327,8 @@ class _Handler(BaseHTTPRequestHandler):
                         call.update(id="call_test_1", type="function")
                         call["function"]["name"] = "get_weather"
                     delta: dict[str, Any] = {"tool_calls": [call]}
+                    if legacy:
+                        delta = {"function_call": call["function"]}
                 else:
                     delta = {"content": piece}
                 choice: dict[str, Any] = {"index": i, "delta": delta, "finish_reason": None}

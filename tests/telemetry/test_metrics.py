@@ -23,6 +23,7 @@ def record(
     ttft=10.0,
     prompt=10,
     completion=20,
+    endpoint="/v1/chat/completions",
     **extra,
 ):
     return UsageRecord.objects.create(
@@ -30,7 +31,7 @@ def record(
         api_key=key,
         key_prefix=key.prefix if key else "",
         model=model,
-        endpoint="/v1/chat/completions",
+        endpoint=endpoint,
         status=status,
         latency_ms=latency if status == 200 else None,
         ttft_ms=ttft if status == 200 else None,
@@ -107,6 +108,17 @@ def test_the_report_counts_errors_tokens_and_percentiles(client, alice, make_key
     assert entry["ttft_ms"] == {"p50": 20.0, "p95": 40.0}
     models = {m["model"]: m["requests"] for m in entry["models"]}
     assert models == {"nebula-7b": 5, "missing": 1}
+
+
+def test_text_completions_count_in_the_latency_percentiles_and_others_do_not(
+    client, alice, make_key
+):
+    key, secret = make_key(alice)
+    record(key, latency=100, ttft=10)
+    record(key, latency=300, ttft=30, endpoint="/v1/completions")
+    record(key, latency=9000, ttft=None, endpoint="/v1/models")
+    entry = client.get("/metrics", HTTP_AUTHORIZATION=f"Bearer {secret}").json()["keys"][0]
+    assert entry["latency_ms"]["p95"] == 300.0 and entry["ttft_ms"]["p95"] == 30.0
 
 
 def test_the_series_has_a_point_per_minute_for_the_last_hour(client, alice, make_key):
