@@ -970,6 +970,9 @@ def main(argv: list[str] | None = None) -> int:
             f"{results['peer']['peer']} (one worker process, --num_workers 1, not pinned)"
         )
         document["peer_markdown"] = print_table(peer_table(results))
+        for name, side in results["peer"].get("sides", {}).items():
+            if side.get("problems"):
+                print(f"  {name}: {'; '.join(side['problems'])}")
     if "previous" in results:
         print()
         print(

@@ -251,6 +251,12 @@ def stream_words(events: list[str]) -> tuple[int, bool]:
     return len("".join(text).split()), bool(events) and events[-1] == "[DONE]"
 
 
+def problem(result: StreamResult) -> str:
+    """What went wrong with a request, in a few words: its status and error, or its body."""
+    said = result.error or " ".join(result.events)[:200]
+    return f"status {result.status}: {said}".strip()
+
+
 def _ok(result: StreamResult) -> bool:
     return result.status == 200 and result.error is None
 
@@ -320,6 +326,7 @@ async def bursts(
     words = dict.fromkeys(targets, 0)
     failed = dict.fromkeys(targets, 0)
     broken = dict.fromkeys(targets, 0)
+    problems: dict[str, list[str]] = {name: [] for name in targets}
     try:
         for index in range(rounds + 1):
             for name, t in targets.items():
@@ -333,8 +340,10 @@ async def bursts(
                     words[name] += got
                     if not _ok(result):
                         failed[name] += 1
+                        problems[name].append(problem(result))
                     elif got != tokens or not done:
                         broken[name] += 1
+                        problems[name].append(f"{got} of {tokens} tokens, [DONE] {done}")
                     if result.ttft_ms is not None and _ok(result):
                         ttft[name].append(result.ttft_ms)
     finally:
@@ -345,6 +354,7 @@ async def bursts(
             "tokens_per_second": words[name] / walls[name] if walls[name] else None,
             "streams_failed": failed[name],
             "streams_broken": broken[name],
+            "problems": sorted(set(problems[name]))[:10],
         }
         for name in targets
     }
