@@ -5,6 +5,7 @@ had. Quick: nothing here installs or starts LiteLLM or a stack."""
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import subprocess
 import sys
@@ -16,6 +17,7 @@ import yaml
 
 from bench import compare, peer
 from bench.__main__ import peer_scenario, peer_table, previous_scenarios, previous_table
+from bench.http1 import Connection
 from bench.sidebyside import Figure, Side, cells, columns, peer_figures, previous_figures
 from bench.stack import Stack, healthy
 
@@ -308,3 +310,35 @@ def test_the_previous_scenarios_report_a_bad_rev_instead_of_failing(tmp_path: Pa
     )  # fmt: skip
     assert result["rev"] == "no-such-rev-anywhere"
     assert "names no commit" in result["unavailable"]
+
+
+def test_a_connection_the_server_closed_while_idle_is_opened_again() -> None:
+    """uvicorn (LiteLLM) closes keep-alive connections idle for 5 s; the next request on one
+    must not fail as if the proxy had."""
+
+    async def scenario() -> list[int]:
+        async def answer_once_then_close(
+            reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+        ) -> None:
+            await reader.readuntil(b"\r\n\r\n")
+            await reader.readexactly(2)
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            await writer.drain()
+            writer.close()  # keep-alive ends on the server's side, as after an idle timeout
+
+        server = await asyncio.start_server(answer_once_then_close, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        connection = Connection("127.0.0.1", port)
+        statuses = []
+        try:
+            for _ in range(2):
+                response, body = await connection.request("POST", "/", headers={}, body=b"{}")
+                _ = [part async for part in body]
+                statuses.append(response.status)
+                await asyncio.sleep(0.1)  # idle: the server's close arrives
+        finally:
+            await connection.close()
+            server.close()
+        return statuses
+
+    assert asyncio.run(scenario()) == [200, 200]
