@@ -314,8 +314,46 @@ def concurrency_fifty(
     return out
 
 
+async def bounded(
+    connection: Connection, path: str, headers: dict[str, str], body: dict[str, Any], timeout: float
+) -> StreamResult:
+    """One request that gives up after `timeout` seconds (a stream a proxy stopped sending
+    counts as failed instead of holding the run)."""
+    started = time.perf_counter()
+    try:
+        return await asyncio.wait_for(request(connection, path, headers, body), timeout)
+    except TimeoutError:
+        await connection.close()
+        return StreamResult(started=started, ended=time.perf_counter(),
+                            error=f"no end after {timeout:g} s")  # fmt: skip
+
+
+async def bounded_round(
+    client: Client,
+    path: str,
+    headers: dict[str, str],
+    bodies: list[dict[str, Any]],
+    *,
+    timeout: float,
+) -> tuple[list[StreamResult], float]:
+    """`Client.round` with every request bounded in time."""
+    started = time.perf_counter()
+    results = await asyncio.gather(
+        *(
+            bounded(connection, path, headers, one, timeout)
+            for connection, one in zip(client.connections, bodies, strict=False)
+        )
+    )
+    return list(results), time.perf_counter() - started
+
+
 async def bursts(
-    targets: dict[str, Target], *, streams: int, rounds: int, tokens: int
+    targets: dict[str, Target],
+    *,
+    streams: int,
+    rounds: int,
+    tokens: int,
+    timeout: float = 120,
 ) -> dict[str, Any]:
     """`rounds` bursts of `streams` streams started at once per side, the sides taking turns
     burst by burst; the first burst of each opens its connections and is not counted."""
@@ -331,7 +369,9 @@ async def bursts(
         for index in range(rounds + 1):
             for name, t in targets.items():
                 bodies = [body(t.model, stream=True, tokens=tokens) for _ in range(streams)]
-                results, wall = await clients[name].round(path, t.headers, bodies)
+                results, wall = await bounded_round(
+                    clients[name], path, t.headers, bodies, timeout=timeout
+                )
                 if index == 0:
                     continue
                 walls[name] += wall

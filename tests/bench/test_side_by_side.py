@@ -342,3 +342,25 @@ def test_a_connection_the_server_closed_while_idle_is_opened_again() -> None:
         return statuses
 
     assert asyncio.run(scenario()) == [200, 200]
+
+
+def test_a_stream_that_never_ends_fails_after_its_time_instead_of_holding_the_run() -> None:
+    async def scenario() -> peer.StreamResult:
+        async def headers_then_silence(
+            reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+        ) -> None:
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+            await writer.drain()
+            await asyncio.sleep(30)
+
+        server = await asyncio.start_server(headers_then_silence, "127.0.0.1", 0)
+        connection = Connection("127.0.0.1", server.sockets[0].getsockname()[1])
+        try:
+            return await peer.bounded(connection, "/", {}, {}, timeout=0.3)
+        finally:
+            server.close()
+
+    result = asyncio.run(scenario())
+    assert result.error == "no end after 0.3 s"
+    assert result.ended - result.started < 5
