@@ -658,6 +658,10 @@ def peer_scenario(
                 tokens=args.peer_stream_tokens,
             )
         )  # fmt: skip
+    except (RuntimeError, OSError, ValueError) as error:
+        # wrk or a client failing on the peer's side ends the scenario, not the run.
+        say(f"8. LiteLLM scenario failed: {gist(error)}")
+        return {**out, "unavailable": f"failed while measuring: {gist(error)}"}
     finally:
         proxy.stop()
     return {**out, "sides": peer.merge(c1, c50, burst)}
@@ -713,6 +717,9 @@ def previous_scenarios(
                         probes=args.probes, stream_tokens=args.stream_tokens, server_side=False,
                     )
                 )  # fmt: skip
+        except (RuntimeError, OSError, ValueError) as error:
+            # An older commit that answers differently ends its part, not the run.
+            raise compare.Unavailable(f"failed while measuring: {gist(error)}") from error
         finally:
             stack.stop()
     except compare.Unavailable as error:

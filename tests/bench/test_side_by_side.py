@@ -19,7 +19,7 @@ from bench import compare, peer
 from bench.__main__ import peer_scenario, peer_table, previous_scenarios, previous_table
 from bench.http1 import Connection
 from bench.sidebyside import Figure, Side, cells, columns, peer_figures, previous_figures
-from bench.stack import Stack, healthy
+from bench.stack import Stack, free_port, healthy
 
 
 def _run(
@@ -364,3 +364,20 @@ def test_a_stream_that_never_ends_fails_after_its_time_instead_of_holding_the_ru
     result = asyncio.run(scenario())
     assert result.error == "no end after 0.3 s"
     assert result.ended - result.started < 5
+
+
+def test_an_earlier_commit_whose_stack_cannot_start_is_reported_with_its_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    repo, sha = _repo(tmp_path)  # prepares its data, but has no nebula_site to serve
+    monkeypatch.setattr(compare, "resolve", lambda rev: sha)
+    monkeypatch.setattr(compare, "checkout", lambda sha: repo)
+    args = argparse.Namespace(compare="old", seconds=1, streams=1, rounds=1, probes=1)
+    env = {"PATH": "/usr/bin:/bin", "PYTHONUNBUFFERED": "1"}
+    result = previous_scenarios(
+        args, env=env, port=free_port(8950, 8999), workdir=tmp_path, pins=(None, None, None),
+        only={"1"}, say=lambda _: None,
+    )  # fmt: skip
+    assert result["commit"] == sha
+    assert result["unavailable"].startswith("its stack did not start: web exited")
+    assert "nebula_site" in result["unavailable"]  # the log line that says why
