@@ -44,8 +44,10 @@ browser-deps:
 	  || { echo "could not install chromium: run 'sudo apt-get install chromium'"; exit 1; }; }
 
 ## make bench: start daphne + a Celery worker from this checkout (Redis database 12, emptied
-## first), measure them against a trivial view, then layouts of 1-2 web processes and 1-4
-## workers behind HAProxy (scale-out); print the tables (docs/BENCHMARKS.md).
+## first), measure them against a trivial view, next to LiteLLM's proxy in front of the same
+## engine (installed once into .cache/bench/litellm-venv), then layouts of 1-2 web processes
+## and 1-4 workers behind HAProxy (scale-out); BENCH_ARGS="--compare REV" also measures commit
+## REV's stack in the same run; print the tables (docs/BENCHMARKS.md).
 bench: setup
 	@command -v wrk >/dev/null && command -v haproxy >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk haproxy) >/dev/null
 	$(PY) -m bench $(BENCH_ARGS)

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import micro
+from bench import compare, micro, peer
 from bench.http1 import Connection
 from bench.report import Row, fmt, markdown, markdown_table, render, render_table
 from bench.scale import (
@@ -33,6 +33,7 @@ from bench.scale import (
     parse_layouts,
     scale_cells,
 )
+from bench.sidebyside import cells, columns, peer_figures, previous_figures
 from bench.sse import check_stream
 from bench.stack import ROOT, Stack, allowed_cpus, cpu_seconds, free_port, pinning, rss_kib
 from bench.stats import growth, ratio, summarize
@@ -202,9 +203,12 @@ async def streaming(
     rounds: int,
     probes: int,
     stream_tokens: int = STREAM_TOKENS,
+    server_side: bool = True,
 ) -> dict[str, Any]:
     """Rounds of `streams` streams started at once, after the same rounds against the baseline
-    view; before that, `probes` single requests of each, one at a time (the idle system)."""
+    view; before that, `probes` single requests of each, one at a time (the idle system).
+    `server_side`: read where the streams waited from their usage records, which only this
+    process's database has (not an earlier commit's stack, `--compare`)."""
     headers = {"Authorization": f"Bearer {secret}", "Content-Type": "application/json"}
     path, baseline = "/v1/chat/completions", "/bench/baseline"
     client = Client("127.0.0.1", stack.port, streams)
@@ -243,11 +247,9 @@ async def streaming(
         await single.close()
 
     out.update(check_streams(results, expected, stream_tokens=stream_tokens))
-    out.update(
-        server=await asyncio.to_thread(server_timings, results),
-        wall_seconds=sum(walls),
-        tokens_per_second=out["tokens_delivered"] / sum(walls),
-    )
+    if server_side:
+        out["server"] = await asyncio.to_thread(server_timings, results)
+    out.update(wall_seconds=sum(walls), tokens_per_second=out["tokens_delivered"] / sum(walls))
     return out
 
 
@@ -560,25 +562,205 @@ def build_rows(results: dict[str, Any]) -> list[Row]:
     return [row for name, build in ROWS.items() if name in results for row in build(results[name])]
 
 
-def engine_scenario(stack: Stack, secret: str, args: argparse.Namespace) -> dict[str, Any]:
-    """Scenario 6 (bench/upstream.py): the test engine in a process of its own."""
+def engine_scenarios(
+    stack: Stack,
+    secret: str,
+    args: argparse.Namespace,
+    *,
+    only: set[str],
+    workdir: Path,
+    load_cpus: str | None,
+    say: Any,
+) -> dict[str, Any]:
+    """Scenarios 6 and 8, in front of the test engine (in a process of its own): Nebula
+    against the engine called directly (6, bench/upstream.py), then LiteLLM's proxy next to
+    both (8, bench/peer.py)."""
     from tests.support.upstream import EngineProcess
 
+    out: dict[str, Any] = {}
     engine = EngineProcess(int(os.environ.get("NEBULA_BENCH_ENGINE_PORT") or free_port(*PORTS)))
     try:
         engine_deploy(engine.url)
-        return asyncio.run(
-            upstream_overhead(
-                nebula_port=stack.port,
-                engine_port=engine.port,
-                secret=secret,
-                seconds=args.seconds,
-                streams=args.engine_streams,
-                rounds=args.engine_rounds,
+        if "6" in only:
+            say(f"6. in front of an engine: direct and through Nebula ({args.seconds:g} s a side)")
+            out["upstream"] = asyncio.run(
+                upstream_overhead(
+                    nebula_port=stack.port,
+                    engine_port=engine.port,
+                    secret=secret,
+                    seconds=args.seconds,
+                    streams=args.engine_streams,
+                    rounds=args.engine_rounds,
+                )
             )
-        )
+        if "8" in only:
+            out["peer"] = peer_scenario(
+                stack, secret, args, engine_port=engine.port, workdir=workdir,
+                load_cpus=load_cpus, say=say,
+            )  # fmt: skip
     finally:
         engine.kill()
+    return out
+
+
+def peer_scenario(
+    stack: Stack,
+    secret: str,
+    args: argparse.Namespace,
+    *,
+    engine_port: int,
+    workdir: Path,
+    load_cpus: str | None,
+    say: Any,
+) -> dict[str, Any]:
+    """Scenario 8: the engine directly, through Nebula and through LiteLLM, on the same
+    requests. LiteLLM is installed on first use; when it cannot be, or does not start, the
+    result says why."""
+    out: dict[str, Any] = {
+        "peer": f"LiteLLM {peer.LITELLM_VERSION}",
+        "tokens": peer.TOKENS,
+        "streams": args.peer_streams,
+        "rounds": args.peer_rounds,
+        "stream_tokens": args.peer_stream_tokens,
+    }
+    say(f"8. LiteLLM {peer.LITELLM_VERSION}: installing it if needed, starting it")
+    master_key = "sk-bench-" + secrets.token_urlsafe(16)
+    config = workdir / "litellm" / "config.yaml"
+    config.parent.mkdir(parents=True, exist_ok=True)
+    config.write_text(
+        peer.config_yaml(api_base=f"http://127.0.0.1:{engine_port}", master_key=master_key)
+    )
+    port = int(
+        os.environ.get("NEBULA_BENCH_PEER_PORT")
+        or free_port(*PORTS, taken={stack.port, engine_port})
+    )
+    try:
+        binary = peer.ensure_litellm(timeout=args.peer_install_timeout)
+        log = workdir / "logs" / "litellm.log"
+        proxy = peer.LiteLLM(binary=binary, config=config, port=port, log=log)
+        proxy.start()
+    except peer.PeerUnavailable as error:
+        say(f"8. LiteLLM unavailable: {error}")
+        return {**out, "unavailable": str(error)}
+    try:
+        sides = peer.targets(
+            engine_port=engine_port, nebula_port=stack.port, nebula_secret=secret,
+            litellm_port=port, master_key=master_key,
+        )  # fmt: skip
+        say(f"8. concurrency 1, engine / Nebula / LiteLLM alternating ({args.seconds:g} s each)")
+        c1 = asyncio.run(peer.concurrency_one(sides, seconds=args.seconds))
+        say("8. concurrency 50 (wrk), each in turn")
+        c50 = peer.concurrency_fifty(sides, seconds=args.seconds, cpus=load_cpus)
+        say(f"8. {args.peer_rounds} x {args.peer_streams} streams at once, taking turns")
+        burst = asyncio.run(
+            peer.bursts(
+                sides, streams=args.peer_streams, rounds=args.peer_rounds,
+                tokens=args.peer_stream_tokens,
+            )
+        )  # fmt: skip
+    except (RuntimeError, OSError, ValueError) as error:
+        # wrk or a client failing on the peer's side ends the scenario, not the run.
+        say(f"8. LiteLLM scenario failed: {gist(error)}")
+        return {**out, "unavailable": f"failed while measuring: {gist(error)}"}
+    finally:
+        proxy.stop()
+    return {**out, "sides": peer.merge(c1, c50, burst)}
+
+
+def previous_scenarios(
+    args: argparse.Namespace,
+    *,
+    env: dict[str, str],
+    port: int,
+    workdir: Path,
+    pins: tuple[str | None, str | None, str | None],
+    only: set[str],
+    say: Any,
+) -> dict[str, Any]:
+    """`--compare REV`: scenarios 1-3 (those asked for) against REV's stack, checked out into
+    the bench cache and started the same way. Anything that keeps REV from starting is
+    reported in the result, not raised."""
+    web_cpus, worker_cpus, load_cpus = pins
+    out: dict[str, Any] = {"rev": args.compare}
+    try:
+        sha = compare.resolve(args.compare)
+        out["commit"] = sha
+        say(f"previous: {args.compare} ({sha[:10]}): checking it out, preparing its data")
+        path = compare.checkout(sha)
+        their_env = {**env, "DATABASE_URL": f"sqlite:///{workdir / 'previous.sqlite3'}"}
+        _, secret = compare.prepare(path, their_env)
+        stack = Stack(
+            env=their_env, port=port, log_dir=workdir / "logs" / "previous",
+            web_cpus=web_cpus, worker_cpus=worker_cpus, root=path,
+        )  # fmt: skip
+        try:
+            try:
+                stack.start()
+            except RuntimeError as error:
+                raise compare.Unavailable(f"its stack did not start: {gist(error)}") from error
+            results: dict[str, Any] = {}
+            say("previous: warming up")
+            wrk_pair(stack, secret, connections=50, seconds=3, cpus=load_cpus)
+            if "1" in only:
+                say("previous: 1. concurrency 1")
+                results["c1"] = asyncio.run(alternating(stack, secret, seconds=args.seconds))
+            if "2" in only:
+                say("previous: 2. concurrency 50")
+                results["c50"] = wrk_pair(
+                    stack, secret, connections=50, seconds=args.seconds, cpus=load_cpus
+                )
+            if "3" in only:
+                say(f"previous: 3. {args.rounds} x {args.streams} concurrent streams")
+                results["streaming"] = asyncio.run(
+                    streaming(
+                        stack, secret, streams=args.streams, rounds=args.rounds,
+                        probes=args.probes, stream_tokens=args.stream_tokens, server_side=False,
+                    )
+                )  # fmt: skip
+        except (RuntimeError, OSError, ValueError) as error:
+            # An older commit that answers differently ends its part, not the run.
+            raise compare.Unavailable(f"failed while measuring: {gist(error)}") from error
+        finally:
+            stack.stop()
+    except compare.Unavailable as error:
+        say(f"previous: {args.compare} unavailable: {error}")
+        return {**out, "unavailable": str(error)}
+    return {**out, "results": results}
+
+
+def gist(error: Exception) -> str:
+    """First and last line of a failure: what failed, and the log line that says why."""
+    lines = str(error).strip().splitlines() or [type(error).__name__]
+    return lines[0] if len(lines) == 1 else f"{lines[0]} … {lines[-1]}"
+
+
+def previous_table(results: dict[str, Any]) -> tuple[list[str], list[list[str]]] | str:
+    """The previous commit's table (columns, cells), or the line saying why there is none."""
+    previous = results["previous"]
+    label = f"previous ({previous.get('commit', '')[:7] or previous['rev']})"
+    if "unavailable" in previous:
+        return f"{label} unavailable: {previous['unavailable']}"
+    return columns("Nebula", label), cells(previous_figures(results, previous["results"]))
+
+
+def peer_table(results: dict[str, Any]) -> tuple[list[str], list[list[str]]] | str:
+    """Scenario 8's table (columns, cells), or the line saying why there is none."""
+    result = results["peer"]
+    if "unavailable" in result:
+        return f"LiteLLM unavailable: {result['unavailable']}"
+    return (
+        columns("Nebula", result["peer"], baseline="Engine direct"),
+        cells(peer_figures(result)),
+    )
+
+
+def print_table(table: tuple[list[str], list[list[str]]] | str) -> str:
+    """Print a side-by-side table (or the line that stands for it); its Markdown for the JSON."""
+    if isinstance(table, str):
+        print(table)
+        return table
+    print(render_table(*table))
+    return markdown_table(*table)
 
 
 def git_commit() -> str:
@@ -610,7 +792,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=20_000, help="memory scenario (5)")
     parser.add_argument("--engine-streams", type=int, default=32, help="streams at once (6)")
     parser.add_argument("--engine-rounds", type=int, default=5, help="rounds of streams (6)")
-    parser.add_argument("--only", default="1,2,3,4,5,6,7", help="scenarios to run, e.g. 1,2")
+    parser.add_argument("--only", default="1,2,3,4,5,6,7,8", help="scenarios to run, e.g. 1,2")
     parser.add_argument(
         "--layouts",
         default=DEFAULT_LAYOUTS,
@@ -620,6 +802,22 @@ def main(argv: list[str] | None = None) -> int:
         "--scale-streams", type=int, default=100, help="concurrent streams per burst (7)"
     )
     parser.add_argument("--scale-rounds", type=int, default=3, help="bursts per layout (7)")
+    parser.add_argument(
+        "--compare",
+        metavar="REV",
+        help="also run scenarios 1-3 on commit REV's stack, checked out into .cache/bench",
+    )
+    parser.add_argument("--peer-streams", type=int, default=100, help="streams at once (8)")
+    parser.add_argument("--peer-rounds", type=int, default=3, help="bursts per side (8)")
+    parser.add_argument(
+        "--peer-stream-tokens", type=int, default=peer.STREAM_TOKENS, help="tokens a stream (8)"
+    )
+    parser.add_argument(
+        "--peer-install-timeout",
+        type=float,
+        default=1200,
+        help="seconds LiteLLM's first install may take (8)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the database and server logs")
     parser.add_argument("--out", type=Path, default=RESULTS, help="where results go")
     args = parser.parse_args(argv)
@@ -649,7 +847,7 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"Nebula benchmark: servers on port {port}, Redis {redis_url}, logs in {workdir}/logs")
     try:
-        if only & {"1", "2", "3", "4", "5", "6"}:
+        if only & {"1", "2", "3", "4", "5", "6", "8"}:
             stack.start()
             cpus_seen = {p.name: allowed_cpus(p.pid) for p in stack.procs}
         if only & {"1", "2", "5"}:  # the wrk scenarios (6 warms up its own way)
@@ -689,9 +887,12 @@ def main(argv: list[str] | None = None) -> int:
             results["memory"] = memory(
                 stack, secret, requests=args.requests, cpus=load_cpus, rps_hint=rps
             )
-        if "6" in only:
-            say(f"6. in front of an engine: direct and through Nebula ({args.seconds:g} s a side)")
-            results["upstream"] = engine_scenario(stack, secret, args)
+        if only & {"6", "8"}:
+            results.update(
+                engine_scenarios(
+                    stack, secret, args, only=only, workdir=workdir, load_cpus=load_cpus, say=say
+                )
+            )
         stack.stop()
         if "7" in only:
             results["scale"] = scale_out(
@@ -704,6 +905,17 @@ def main(argv: list[str] | None = None) -> int:
                 streams=args.scale_streams,
                 rounds=args.scale_rounds,
                 stream_tokens=args.stream_tokens,
+                say=say,
+            )
+        if args.compare:
+            # Last: its preparation empties the Redis database this commit's stack used.
+            results["previous"] = previous_scenarios(
+                args,
+                env=env,
+                port=port,
+                workdir=workdir,
+                pins=(web_cpus, worker_cpus, load_cpus),
+                only=only & {"1", "2", "3"},
                 say=say,
             )
     except BaseException:
@@ -747,7 +959,7 @@ def main(argv: list[str] | None = None) -> int:
         "markdown": markdown(rows),
     }
     if "scale" in results:
-        cells = scale_cells(results["scale"])
+        scale = scale_cells(results["scale"])
         streams = results["scale"][0]["streaming"]["streams_checked"] // max(args.scale_rounds, 1)
         print()
         bursts_said = "1 burst" if args.scale_rounds == 1 else f"{args.scale_rounds} bursts"
@@ -756,8 +968,25 @@ def main(argv: list[str] | None = None) -> int:
             f"{args.seconds:g} s, then {bursts_said} of {streams} streams of "
             f"{args.stream_tokens} tokens at once"
         )
-        print(render_table(SCALE_COLUMNS, cells))
-        document["scale_markdown"] = markdown_table(SCALE_COLUMNS, cells)
+        print(render_table(SCALE_COLUMNS, scale))
+        document["scale_markdown"] = markdown_table(SCALE_COLUMNS, scale)
+    if "peer" in results:
+        print()
+        print(
+            f"8. The same requests to the test engine directly, through Nebula and through "
+            f"{results['peer']['peer']} (one worker process, --num_workers 1, not pinned)"
+        )
+        document["peer_markdown"] = print_table(peer_table(results))
+        for name, side in results["peer"].get("sides", {}).items():
+            if side.get("problems"):
+                print(f"  {name}: {'; '.join(side['problems'])}")
+    if "previous" in results:
+        print()
+        print(
+            f"Against {results['previous']['rev']}: its stack started the same way from "
+            f"{compare.CACHE.relative_to(ROOT)}, right after this commit's scenarios"
+        )
+        document["previous_markdown"] = print_table(previous_table(results))
     args.out.mkdir(parents=True, exist_ok=True)
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
     for name in ("latest.json", f"{stamp}.json"):

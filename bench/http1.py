@@ -79,6 +79,11 @@ class Connection:
         self._writer: asyncio.StreamWriter | None = None
 
     async def _open(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        if self._reader is not None and self._reader.at_eof():
+            # The server closed it while it was idle (uvicorn does after 5 s, which LiteLLM's
+            # connections are while the other sides of scenario 8 take their turn): open a new
+            # one, as httpx's pool does, instead of failing the next request on it.
+            await self.close()
         if self._reader is None or self._writer is None or self._writer.is_closing():
             self._reader, self._writer = await asyncio.open_connection(self.host, self.port)
         return self._reader, self._writer

@@ -97,6 +97,8 @@ class Stack:
     webs: int = 1
     workers: int = 1
     balancer: bool = False
+    # The checkout the servers run from: this one, or an earlier commit's (`--compare`).
+    root: Path = ROOT
     procs: list[Proc] = field(default_factory=list)
 
     @property
@@ -153,7 +155,7 @@ class Stack:
         with log.open("wb") as handle:
             popen = subprocess.Popen(
                 argv,
-                cwd=ROOT,
+                cwd=self.root,
                 env=self.env,
                 stdout=handle,
                 stderr=subprocess.STDOUT,
@@ -173,8 +175,7 @@ class Stack:
             with contextlib.suppress(httpx.HTTPError, ValueError, KeyError):
                 response = httpx.get(self.url + "/health", timeout=2)
                 last = response.text
-                live = response.json()["checks"]["workers"].get("live", 0)
-                if response.status_code == 200 and live == self.workers:
+                if response.status_code == 200 and healthy(response.json(), self.workers):
                     return
             time.sleep(0.2)
         raise RuntimeError(f"the stack did not become healthy: {last}\n{self.web.tail()}")
@@ -190,6 +191,17 @@ class Stack:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, signal.SIGKILL)
                 proc.popen.wait(timeout=5)
+
+
+def healthy(body: object, workers: int) -> bool:
+    """Whether a 200 from /health means the stack is ready: exactly our workers alive, where
+    it counts them. Earlier commits (`--compare`) answered 200 only once a worker was alive,
+    without counting them, so a body with no count is taken at its word."""
+    checks = body.get("checks") if isinstance(body, dict) else None
+    counted = checks.get("workers") if isinstance(checks, dict) else None
+    if not isinstance(counted, dict) or "live" not in counted:
+        return True
+    return bool(counted["live"] == workers)
 
 
 def haproxy_binary() -> str:

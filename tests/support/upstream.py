@@ -392,6 +392,10 @@ class _Handler(BaseHTTPRequestHandler):
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+    # socketserver listens with a backlog of 5: a proxy opening 100 connections at once (the
+    # bench's bursts through LiteLLM) had most of them wait in SYN retransmits for seconds.
+    # Engines' own servers listen with a deep one (uvicorn: 2048).
+    request_queue_size = 1024
     state: _State
 
     def handle_error(self, request: Any, client_address: Any) -> None:
