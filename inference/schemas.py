@@ -1,46 +1,62 @@
 """The `/v1/chat/completions` request, validated by pydantic against OpenAI's published schema.
 
-Unknown fields are ignored, as OpenAI does. Validation errors become OpenAI-style 400 errors
-whose `param` is the JSON path of the offending value (e.g. `messages[0].content`).
+Strict, as OpenAI is: a field the API does not know is a 400 naming it (`unknown_parameter`),
+a field of OpenAI's API that Nebula does not implement is a 400 saying so
+(`unsupported_parameter`, see `UNSUPPORTED`) unless its value asks for nothing, and values are
+never coerced (`"stream": "yes"`, `"max_tokens": true` are 400s). vLLM's extra sampling
+parameters (`ignore_eos`, `min_tokens`) are accepted by name while `NEBULA_ACCEPT_VLLM_EXTRAS`
+is on. Validation errors become OpenAI-style 400 errors whose `param` is the JSON path of the
+offending value (e.g. `messages[0].content`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from django.conf import settings
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 
 from infra.errors import InvalidRequest
 
-_IGNORE_EXTRA = ConfigDict(extra="ignore", frozen=True)
+# Unknown fields are refused, and JSON values are taken as they are: `"1"` is not a number.
+_STRICT = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 class TextPart(BaseModel):
-    model_config = _IGNORE_EXTRA
+    model_config = _STRICT
     type: Literal["text"]
     text: str
 
 
 class ImagePart(BaseModel):
-    model_config = _IGNORE_EXTRA
+    model_config = _STRICT
     type: Literal["image_url"]
     image_url: dict[str, Any]
 
 
 class AudioPart(BaseModel):
-    model_config = _IGNORE_EXTRA
+    model_config = _STRICT
     type: Literal["input_audio"]
     input_audio: dict[str, Any]
 
 
 class FilePart(BaseModel):
-    model_config = _IGNORE_EXTRA
+    model_config = _STRICT
     type: Literal["file"]
     file: dict[str, Any]
 
 
 class RefusalPart(BaseModel):
-    model_config = _IGNORE_EXTRA
+    model_config = _STRICT
     type: Literal["refusal"]
     refusal: str
 
@@ -52,7 +68,7 @@ Content = str | list[ContentPart]
 
 
 class _Message(BaseModel):
-    model_config = _IGNORE_EXTRA
+    model_config = _STRICT
     name: str | None = None
 
     def text(self) -> str:
@@ -113,12 +129,62 @@ Message = Annotated[
 
 
 class StreamOptions(BaseModel):
-    model_config = _IGNORE_EXTRA
+    model_config = _STRICT
     include_usage: bool | None = None
 
 
+def _never(value: Any) -> bool:
+    return False
+
+
+def _is(*neutral: Any) -> Callable[[Any], bool]:
+    """A value that asks for nothing beyond what Nebula does anyway (OpenAI's default)."""
+    return lambda value: any(type(value) is type(n) and value == n for n in neutral)
+
+
+def _text_only(value: Any) -> bool:
+    return isinstance(value, list) and all(item == "text" for item in value)
+
+
+_NO_CACHE = "Prompt caching is not supported by Nebula"
+_NO_TOOLS = "Tool calling is not supported by Nebula"
+# Every field of OpenAI's CreateChatCompletionRequest that Nebula does not implement, with the
+# values that ask for nothing (which are accepted: null always is). Anything else is a 400: a
+# parameter accepted and ignored would mislead every framework built on the API. A name that
+# is also a field of ChatCompletionRequest is implemented, and this entry no longer applies.
+UNSUPPORTED: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "audio": (_never, "Audio output is not supported: Nebula's models produce text only"),
+    "modalities": (_text_only, 'Nebula\'s models produce text only: modalities: ["text"]'),
+    "prediction": (_never, "Predicted Outputs are not supported by Nebula"),
+    "store": (_is(False), "Stored completions are not supported by Nebula"),
+    "metadata": (_is({}), "Metadata is kept with stored completions, which Nebula does not keep"),
+    "frequency_penalty": (_is(0, 0.0), "frequency_penalty is not supported by Nebula"),
+    "presence_penalty": (_is(0, 0.0), "presence_penalty is not supported by Nebula"),
+    "logit_bias": (_is({}), "logit_bias is not supported: Nebula's tokenizer has no token ids"),
+    "web_search_options": (_never, "Web search is not supported by Nebula"),
+    "reasoning_effort": (_never, "Nebula's models are not reasoning models"),
+    "verbosity": (_never, "verbosity is not supported by Nebula"),
+    "service_tier": (_is("auto", "default"), "Nebula serves the default service tier only"),
+    "moderation": (_never, "Moderation is not supported by Nebula"),
+    "prompt_cache_key": (_never, _NO_CACHE),
+    "prompt_cache_retention": (_never, _NO_CACHE),
+    "prompt_cache_options": (_never, _NO_CACHE),
+    "tools": (_is([]), _NO_TOOLS),
+    "tool_choice": (_is("none"), _NO_TOOLS),
+    "parallel_tool_calls": (_never, _NO_TOOLS),
+    "functions": (_never, _NO_TOOLS),
+    "function_call": (_is("none"), _NO_TOOLS),
+    "response_format": (_is({"type": "text"}), "response_format is not supported by Nebula"),
+    "logprobs": (_is(False), "logprobs are not supported by Nebula"),
+    "top_logprobs": (_never, "logprobs are not supported by Nebula"),
+}
+# vLLM's extra sampling parameters, not OpenAI's: unknown parameters unless the setting
+# NEBULA_ACCEPT_VLLM_EXTRAS (validation context `accept_vllm_extras`) accepts them.
+VLLM_EXTRAS = frozenset({"ignore_eos", "min_tokens"})
+
+
 class ChatCompletionRequest(BaseModel):
-    model_config = _IGNORE_EXTRA
+    model_config = _STRICT
 
     model: Annotated[str, Field(min_length=1, max_length=256)]
     messages: Annotated[list[Message], Field(min_length=1)]
@@ -134,8 +200,38 @@ class ChatCompletionRequest(BaseModel):
     stream_options: StreamOptions | None = None
     user: Annotated[str, Field(max_length=512)] | None = None
     # vLLM's extra sampling parameters: keep generating past the model's natural end.
+    # An identifier, like `user`: nothing to do with it but pass it on to an engine.
+    safety_identifier: Annotated[str, Field(max_length=64)] | None = None
     ignore_eos: bool | None = None
     min_tokens: Annotated[int, Field(ge=0, le=2**31 - 1)] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_and_supported(cls, data: Any, info: ValidationInfo) -> Any:
+        """Refuse what Nebula does not know or does not do, before looking at any value."""
+        if not isinstance(data, dict):
+            return data
+        extras = (info.context or {}).get("accept_vllm_extras", True)
+        accepted = dict(data)
+        for name, value in data.items():
+            if name in cls.model_fields and (extras or name not in VLLM_EXTRAS):
+                continue
+            if name in UNSUPPORTED and name not in cls.model_fields:
+                neutral, reason = UNSUPPORTED[name]
+                if value is None or neutral(value):
+                    del accepted[name]  # asks for nothing: as if absent
+                    continue
+                raise PydanticCustomError(
+                    "unsupported_parameter",
+                    "Unsupported parameter: '{param}'. {reason}.",
+                    {"param": name, "reason": reason},
+                )
+            raise PydanticCustomError(
+                "unknown_parameter",
+                "Unrecognized request argument supplied: {param}",
+                {"param": name},
+            )
+        return accepted
 
     @model_validator(mode="after")
     def _stream_options_need_stream(self) -> ChatCompletionRequest:
@@ -190,6 +286,10 @@ def _param(location: tuple[int | str, ...]) -> str | None:
 def _describe(error: dict[str, Any]) -> tuple[str, str | None, str]:
     kind = error["type"]
     param = _param(tuple(error.get("loc", ())))
+    if kind in {"unknown_parameter", "unsupported_parameter"}:
+        return str(error["msg"]), str(error["ctx"]["param"]), kind
+    if kind == "extra_forbidden":
+        return f"Unrecognized request argument supplied: {param}", param, "unknown_parameter"
     if kind == "json_invalid":
         return (
             "We could not parse the JSON body of your request. (HINT: This likely means you "
@@ -223,7 +323,9 @@ def _describe(error: dict[str, Any]) -> tuple[str, str | None, str]:
 def parse_chat_request(body: bytes) -> ChatCompletionRequest:
     """Validate a raw request body, or raise an OpenAI-style 400 for its first problem."""
     try:
-        return ChatCompletionRequest.model_validate_json(body)
+        return ChatCompletionRequest.model_validate_json(
+            body, context={"accept_vllm_extras": settings.NEBULA_ACCEPT_VLLM_EXTRAS}
+        )
     except ValidationError as exc:
         errors = exc.errors(include_url=False)
 

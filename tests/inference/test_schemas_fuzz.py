@@ -1,6 +1,7 @@
 """The chat request validator under hypothesis: whatever the bytes, it returns a request that
 the rest of the pipeline can carry (size checks, JSON for the job) or raises one OpenAI-style
-400 naming the problem. Never any other exception, which would be a 500."""
+400 naming the problem. Never any other exception, which would be a 500; and never a request
+that kept a field it does not know or a value it had to coerce."""
 
 from __future__ import annotations
 
@@ -15,7 +16,14 @@ from inference.schemas import ChatCompletionRequest, parse_chat_request
 from inference.services import _check_size
 from infra.errors import InvalidRequest
 
-CODES = {"invalid_json", "missing_required_parameter", "invalid_value", "invalid_type"}
+CODES = {
+    "invalid_json",
+    "missing_required_parameter",
+    "invalid_value",
+    "invalid_type",
+    "unknown_parameter",
+    "unsupported_parameter",
+}
 SIZE_CODES = {"too_many_messages", "message_too_long", "unsupported_content"}
 FUZZ = settings(
     max_examples=300,
@@ -66,6 +74,13 @@ fields = {
     "user": json_values,
     "ignore_eos": json_values,
     "min_tokens": json_values,
+    "safety_identifier": json_values,
+    # OpenAI's parameters Nebula refuses unless they ask for nothing, and one nobody knows.
+    "store": json_values,
+    "modalities": json_values | st.just(["text"]),
+    "logit_bias": json_values,
+    "audio": json_values,
+    "frobnicate": json_values,
 }
 requests = st.fixed_dictionaries(
     {"model": st.text(max_size=10) | json_values, "messages": st.lists(messages, max_size=4)},
@@ -83,6 +98,12 @@ def _carry(request: ChatCompletionRequest) -> None:
     assert refusal is None or refusal.code in SIZE_CODES
     # Every value must survive the trip to the worker as JSON.
     orjson.dumps(request.model_dump())
+    # Nothing was coerced: a number is a number, a flag a flag.
+    for name in ("max_tokens", "max_completion_tokens", "n", "seed", "min_tokens"):
+        value = getattr(request, name)
+        assert value is None or (isinstance(value, int) and not isinstance(value, bool))
+    for name in ("stream", "ignore_eos"):
+        assert getattr(request, name) in (None, True, False)
     assert request.token_limit is None or request.token_limit >= 1
     _ = request.stop_sequences, request.include_usage
 
