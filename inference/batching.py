@@ -23,7 +23,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import orjson
 import redis
@@ -71,6 +71,8 @@ class Outbox:
 
     deltas: list[tuple[int, str]] = field(default_factory=list)
     finished: list[tuple[int, str]] = field(default_factory=list)
+    # Per choice, the logprobs of its merged deltas' tokens (DeltaMessage `lp`).
+    logprobs: list[tuple[int, list[dict[str, Any]]]] = field(default_factory=list)
     tokens: int = 0
     since: float = 0.0
 
@@ -87,10 +89,17 @@ class Outbox:
                 else:
                     self.deltas[merged] = (index, self.deltas[merged][1] + text)
         self.finished.extend(step.finished)
+        for index, entries in step.logprobs:
+            merged = next((i for i, (c, _) in enumerate(self.logprobs) if c == index), None)
+            if merged is None:
+                self.logprobs.append((index, list(entries)))
+            else:
+                self.logprobs[merged][1].extend(entries)
         self.tokens += 1
 
     def clear(self) -> None:
         self.deltas, self.finished, self.tokens = [], [], 0
+        self.logprobs = []
 
 
 class Run(Protocol):

@@ -82,6 +82,11 @@ class JobPayload(TypedDict):
     tpm_reserved: int
     tpm_limit: int | None
     upstream: NotRequired[UpstreamJob]
+    # Structured output (absent: text): "json_object" or "json_schema", with its schema.
+    response_format: NotRequired[str]
+    json_schema: NotRequired[dict[str, Any] | None]
+    # Per-token logprobs with this many alternatives each (absent: no logprobs).
+    logprobs: NotRequired[int]
 
 
 # --- Messages from worker to web process (Redis pub/sub on the web process's reply channel) -----

@@ -188,6 +188,10 @@ class JobRun:
                 top_p=job["top_p"],
                 ignore_eos=job["ignore_eos"],
                 min_tokens=job["min_tokens"],
+                response_format=job.get("response_format", "text"),
+                json_schema=job.get("json_schema"),
+                logprobs="logprobs" in job,
+                top_logprobs=job.get("logprobs", 0),
             )
         )
         # The worker's engine loop paces it at the simulated GPU's speed and sends its deltas.
@@ -234,13 +238,16 @@ class JobRun:
     def delta_message(self, outbox: Outbox) -> DeltaMessage:
         """The next message of the stream, with what `outbox` holds."""
         self.seq += 1
-        return {
+        message: DeltaMessage = {
             "r": self.job["id"],
             "t": "delta",
             "seq": self.seq,
             "d": outbox.deltas,
             "f": outbox.finished,
         }
+        if outbox.logprobs:
+            message["lp"] = outbox.logprobs
+        return message
 
     def salvage(self, outcome: Outcome) -> None:
         """End the job after Redis failed under it, once Redis answers again.
@@ -544,6 +551,8 @@ def completion_execute(job: JobPayload, worker: WorkerRuntime) -> None:
                     done["tool_calls"] = generation.tool_calls()
                 if any(generation.logprobs()):
                     done["logprobs"] = generation.logprobs()
+            elif "logprobs" in job:
+                done["logprobs"] = generation.logprobs()
         outcome = Outcome(
             state="done",
             status=200,

@@ -25,6 +25,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from inference.engine.structured import SchemaRefused, check_schema
 from infra.errors import InvalidRequest
 
 # Unknown fields are refused, and JSON values are taken as they are: `"1"` is not a number.
@@ -174,13 +175,59 @@ UNSUPPORTED: dict[str, tuple[Callable[[Any], bool], str]] = {
     "parallel_tool_calls": (_never, _NO_TOOLS),
     "functions": (_never, _NO_TOOLS),
     "function_call": (_is("none"), _NO_TOOLS),
-    "response_format": (_is({"type": "text"}), "response_format is not supported by Nebula"),
-    "logprobs": (_is(False), "logprobs are not supported by Nebula"),
-    "top_logprobs": (_never, "logprobs are not supported by Nebula"),
 }
 # vLLM's extra sampling parameters, not OpenAI's: unknown parameters unless the setting
 # NEBULA_ACCEPT_VLLM_EXTRAS (validation context `accept_vllm_extras`) accepts them.
 VLLM_EXTRAS = frozenset({"ignore_eos", "min_tokens"})
+
+
+class ResponseFormatText(BaseModel):
+    model_config = _STRICT
+    type: Literal["text"]
+
+
+class ResponseFormatJsonObject(BaseModel):
+    model_config = _STRICT
+    type: Literal["json_object"]
+
+
+class JsonSchemaFormat(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, populate_by_name=True)
+    name: Annotated[str, Field(pattern=r"^[a-zA-Z0-9_-]{1,64}$")]
+    description: str | None = None
+    # `schema` would shadow pydantic's own attribute: the field takes the name as an alias.
+    schema_: Annotated[dict[str, Any] | None, Field(alias="schema")] = None
+    strict: bool | None = None
+
+    @model_validator(mode="after")
+    def _schema_is_supported(self) -> JsonSchemaFormat:
+        """OpenAI's rules for the schema: valid JSON Schema, and its subset in strict mode."""
+        try:
+            check_schema(self.schema_ or {"type": "object"}, strict=bool(self.strict))
+        except SchemaRefused as refused:
+            raise PydanticCustomError(
+                "invalid_json_schema",
+                "Invalid schema for response_format '{name}': {reason}.",
+                {
+                    "name": self.name,
+                    "reason": str(refused),
+                    "param": "response_format.json_schema.schema",
+                    "keyword": refused.keyword,
+                },
+            ) from None
+        return self
+
+
+class ResponseFormatJsonSchema(BaseModel):
+    model_config = _STRICT
+    type: Literal["json_schema"]
+    json_schema: JsonSchemaFormat
+
+
+ResponseFormat = Annotated[
+    ResponseFormatText | ResponseFormatJsonObject | ResponseFormatJsonSchema,
+    Field(discriminator="type"),
+]
 
 
 class ChatCompletionRequest(BaseModel):
@@ -200,6 +247,9 @@ class ChatCompletionRequest(BaseModel):
     stream_options: StreamOptions | None = None
     user: Annotated[str, Field(max_length=512)] | None = None
     # vLLM's extra sampling parameters: keep generating past the model's natural end.
+    response_format: ResponseFormat | None = None
+    logprobs: bool | None = None
+    top_logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
     # An identifier, like `user`: nothing to do with it but pass it on to an engine.
     safety_identifier: Annotated[str, Field(max_length=64)] | None = None
     ignore_eos: bool | None = None
@@ -237,7 +287,18 @@ class ChatCompletionRequest(BaseModel):
     def _stream_options_need_stream(self) -> ChatCompletionRequest:
         if self.stream_options is not None and not self.stream:
             raise ValueError("stream_options is only allowed when stream is true")
+        if self.top_logprobs is not None and not self.logprobs:
+            raise PydanticCustomError(
+                "invalid_value",
+                "Invalid value for 'top_logprobs': 'logprobs' must be true to use top_logprobs.",
+                {"param": "top_logprobs"},
+            )
         return self
+
+    @property
+    def output_format(self) -> str:
+        """What the engine must produce: text, json_object or json_schema."""
+        return self.response_format.type if self.response_format else "text"
 
     @property
     def token_limit(self) -> int | None:
@@ -260,6 +321,7 @@ class ChatCompletionRequest(BaseModel):
 
 _ROLES = {"system", "developer", "user", "assistant", "tool", "function"}
 _PART_TYPES = {"text", "image_url", "input_audio", "file", "refusal"}
+_FORMAT_TYPES = {"text", "json_object", "json_schema"}
 
 
 def _param(location: tuple[int | str, ...]) -> str | None:
@@ -275,6 +337,8 @@ def _param(location: tuple[int | str, ...]) -> str | None:
             path += f"[{part}]"
         elif isinstance(previous, int) and part in _ROLES | _PART_TYPES:
             pass  # a discriminator tag
+        elif previous == "response_format" and part in _FORMAT_TYPES:
+            pass  # response_format's discriminator tag
         elif "[" in part or part in {"str", "int", "float", "bool"}:
             pass  # a union branch's type name
         else:
@@ -286,7 +350,9 @@ def _param(location: tuple[int | str, ...]) -> str | None:
 def _describe(error: dict[str, Any]) -> tuple[str, str | None, str]:
     kind = error["type"]
     param = _param(tuple(error.get("loc", ())))
-    if kind in {"unknown_parameter", "unsupported_parameter"}:
+    if kind in {"unknown_parameter", "unsupported_parameter", "invalid_json_schema"} or (
+        "param" in error.get("ctx", {})
+    ):
         return str(error["msg"]), str(error["ctx"]["param"]), kind
     if kind == "extra_forbidden":
         return f"Unrecognized request argument supplied: {param}", param, "unknown_parameter"

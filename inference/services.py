@@ -21,7 +21,7 @@ from inference.engine import count_chat_tokens
 from inference.gateway import Caller, RequestContext, gateway_admit
 from inference.hub import reply_hub
 from inference.jobs import JobPayload, celery_message
-from inference.schemas import ChatCompletionRequest
+from inference.schemas import ChatCompletionRequest, ResponseFormatJsonSchema
 from infra.errors import InvalidRequest, NotFound
 from keys.auth import KeyInfo
 from models_registry.catalog import ModelInfo, catalog_snapshot
@@ -34,7 +34,7 @@ _NOT_FORWARDED = {"model", "stream", "stream_options", "max_completion_tokens"}
 def upstream_body(request: ChatCompletionRequest) -> dict[str, Any]:
     """The request's parameters for an engine: what the client sent and Nebula accepted, as
     the client spelled it (an engine may take parameters the simulated engine does not)."""
-    body = request.model_dump(mode="json", exclude_none=True, exclude=_NOT_FORWARDED)
+    body = request.model_dump(mode="json", exclude_none=True, exclude=_NOT_FORWARDED, by_alias=True)
     # Every engine reads max_tokens; not all know OpenAI's newer name for it.
     if request.token_limit is not None:
         body["max_tokens"] = request.token_limit
@@ -148,6 +148,12 @@ async def completion_submit(
             "tpm_reserved": reserve if key.tpm_limit else 0,
             "tpm_limit": key.tpm_limit,
         }
+        if request.response_format is not None and request.output_format != "text":
+            payload["response_format"] = request.output_format
+            if isinstance(request.response_format, ResponseFormatJsonSchema):
+                payload["json_schema"] = request.response_format.json_schema.schema_
+        if request.logprobs:
+            payload["logprobs"] = request.top_logprobs or 0
         if model.backend == Backend.OPENAI_COMPATIBLE:
             payload["model"]["backend"] = model.backend
             payload["upstream"] = {"deployment_id": model.pk, "body": upstream_body(request)}
