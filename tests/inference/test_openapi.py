@@ -6,7 +6,8 @@ import re
 import pytest
 from drf_spectacular.validation import validate_schema
 
-from inference.schemas import ChatCompletionRequest
+from inference.schemas import ChatCompletionRequest, parse_chat_request
+from tests.support.openai_schema import validate
 
 pytestmark = pytest.mark.django_db
 
@@ -90,3 +91,53 @@ def test_the_docs_page_loads_nothing_from_a_cdn(client):
     assert all(url.startswith("/static/") for url in scripts), scripts
     for url in scripts:
         assert client.get(url).status_code == 200
+
+
+ACCEPTED_BODIES = [
+    {
+        "model": "m",
+        "messages": [{"role": "user", "content": "hi"}],
+        "logprobs": True,
+        "top_logprobs": 3,
+    },
+    {
+        "model": "m",
+        "messages": [{"role": "user", "content": "hi"}],
+        "response_format": {"type": "json_object"},
+    },
+    {
+        "model": "m",
+        "messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}]}],
+        "response_format": {
+            "type": "json_schema",
+            "json_schema": {
+                "name": "x",
+                "strict": True,
+                "schema": {
+                    "type": "object",
+                    "properties": {"a": {"type": "string"}},
+                    "required": ["a"],
+                    "additionalProperties": False,
+                },
+            },
+        },
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        "safety_identifier": "u1",
+        "store": False,
+        "modalities": ["text"],
+    },
+]
+
+
+@pytest.mark.parametrize("body", ACCEPTED_BODIES)
+def test_what_nebula_accepts_is_an_openai_request(body):
+    """Nothing Nebula implements is its own invention: every body it takes is OpenAI's."""
+    parse_chat_request(json.dumps(body).encode())
+    validate("CreateChatCompletionRequest", body)
+
+
+def test_the_chat_request_schema_forbids_unknown_fields(schema):
+    described = schema["components"]["schemas"]["ChatCompletionRequest"]
+    assert described["additionalProperties"] is False
+    assert "response_format" in described["properties"] and "logprobs" in described["properties"]
