@@ -287,6 +287,16 @@ class ChatCompletionRequest(BaseModel):
     def _stream_options_need_stream(self) -> ChatCompletionRequest:
         if self.stream_options is not None and not self.stream:
             raise ValueError("stream_options is only allowed when stream is true")
+        if self.output_format == "json_object" and not any(
+            "json" in message.text().lower() for message in self.messages
+        ):
+            # OpenAI's rule, kept so that a request that works here works there too.
+            raise PydanticCustomError(
+                "invalid_value",
+                "'messages' must contain the word 'json' in some form, to use "
+                "'response_format' of type 'json_object'.",
+                {"param": "messages"},
+            )
         if self.top_logprobs is not None and not self.logprobs:
             raise PydanticCustomError(
                 "invalid_value",

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -123,6 +124,15 @@ def _check_strict(
             keyword="format",
             path=path,
         )
+    if "pattern" in node:
+        try:
+            re.compile(node["pattern"])
+        except re.error as error:
+            raise SchemaRefused(
+                f"pattern is not a regular expression Nebula can generate: {error}",
+                keyword="pattern",
+                path=path,
+            ) from None
     if "enum" in node and len(node["enum"]) > MAX_ENUM_VALUES:
         raise SchemaRefused(
             f"An enum may have at most {MAX_ENUM_VALUES} values", keyword="enum", path=path

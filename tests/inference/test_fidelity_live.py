@@ -12,7 +12,7 @@ import httpx
 import openai
 import pydantic
 import pytest
-from jsonschema import Draft202012Validator, FormatChecker
+from jsonschema import Draft202012Validator
 
 from tests.support.openai_schema import validate
 
@@ -88,7 +88,7 @@ def test_json_object_mode_returns_one_json_object(live, secret, openai_client):
 def test_a_strict_json_schema_reply_validates_and_streams_in_pieces(live, secret, openai_client):
     client = openai_client(secret)
     options = {"model": "nebula-7b", "messages": QUESTION, "response_format": PERSON_FORMAT}
-    validator = Draft202012Validator(PERSON, format_checker=FormatChecker())
+    validator = Draft202012Validator(PERSON, format_checker=Draft202012Validator.FORMAT_CHECKER)
     for seed in range(3):
         whole = client.chat.completions.create(seed=seed, **options)
         validator.validate(json.loads(whole.choices[0].message.content))

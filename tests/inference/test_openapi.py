@@ -102,7 +102,7 @@ ACCEPTED_BODIES = [
     },
     {
         "model": "m",
-        "messages": [{"role": "user", "content": "hi"}],
+        "messages": [{"role": "user", "content": "hi, in JSON"}],
         "response_format": {"type": "json_object"},
     },
     {

@@ -23,6 +23,7 @@ CODES = {
     "invalid_type",
     "unknown_parameter",
     "unsupported_parameter",
+    "invalid_json_schema",
 }
 SIZE_CODES = {"too_many_messages", "message_too_long", "unsupported_content"}
 FUZZ = settings(
@@ -81,6 +82,18 @@ fields = {
     "logit_bias": json_values,
     "audio": json_values,
     "frobnicate": json_values,
+    "logprobs": json_values,
+    "top_logprobs": json_values,
+    "response_format": json_values
+    | st.fixed_dictionaries(
+        {
+            "type": st.sampled_from(["text", "json_object", "json_schema", "?"]),
+            "json_schema": st.fixed_dictionaries(
+                {"name": st.sampled_from(["x", "bad name"]) | json_values},
+                optional={"schema": json_values, "strict": json_values},
+            ),
+        }
+    ),
 }
 requests = st.fixed_dictionaries(
     {"model": st.text(max_size=10) | json_values, "messages": st.lists(messages, max_size=4)},

@@ -156,3 +156,31 @@ def test_image_parts_are_refused_by_the_text_only_models():
         _check_size(request)
     assert refused.value.code == "unsupported_content"
     assert "image_url" in refused.value.message and "text only" in refused.value.message
+
+
+def test_json_mode_needs_the_conversation_to_ask_for_json():
+    error = refusal(response_format={"type": "json_object"})
+    assert error["param"] == "messages" and "json" in error["message"]
+    asked = {
+        **BASE,
+        "messages": [{"role": "system", "content": "Reply in JSON."}, *BASE["messages"]],
+    }
+    request = parse_chat_request(
+        json.dumps({**asked, "response_format": {"type": "json_object"}}).encode()
+    )
+    assert request.output_format == "json_object"
+
+
+def test_a_response_format_nobody_knows_is_refused():
+    error = refusal(response_format={"type": "xml"})
+    assert error["param"] == "response_format.type" and error["code"] == "invalid_value"
+    error = refusal(response_format={"type": "json_schema", "json_schema": {"name": "x", "foo": 1}})
+    assert error["param"] == "response_format.json_schema.foo"
+    assert error["code"] == "unknown_parameter"
+
+
+def test_top_logprobs_needs_logprobs():
+    error = refusal(top_logprobs=2)
+    assert error["param"] == "top_logprobs" and "logprobs" in error["message"]
+    assert refusal(logprobs=True, top_logprobs=21)["param"] == "top_logprobs"
+    assert parse_chat_request(json.dumps({**BASE, "logprobs": True, "top_logprobs": 20}).encode())

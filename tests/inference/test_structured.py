@@ -6,11 +6,14 @@ from __future__ import annotations
 
 import json
 import math
+from datetime import date, datetime, time
 from typing import Literal
 
 import pydantic
 import pytest
-from jsonschema import Draft202012Validator, FormatChecker
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from jsonschema import Draft202012Validator
 from openai.lib._pydantic import to_strict_json_schema
 
 from inference.batching import Outbox
@@ -102,7 +105,7 @@ def test_a_json_schema_reply_validates_against_its_schema(name, seed):
     generation = generate_all(
         request(seed=seed, response_format="json_schema", json_schema=schema, n=2)
     )
-    validator = Draft202012Validator(schema, format_checker=FormatChecker())
+    validator = Draft202012Validator(schema, format_checker=Draft202012Validator.FORMAT_CHECKER)
     for text, reason in zip(generation.texts(), generation.finish_reasons(), strict=True):
         assert reason == "stop"
         validator.validate(json.loads(text))
@@ -281,3 +284,81 @@ def test_the_outbox_merges_each_choices_logprobs_in_order():
         assert "".join(e["token"] for e in merged[index]) == dict(outbox.deltas)[index]
     outbox.clear()
     assert outbox.logprobs == []
+
+
+# --- any schema of the subset ------------------------------------------------------------------
+
+_names = st.text(alphabet="abcdefghij_", min_size=1, max_size=6)
+_leaves = st.one_of(
+    st.just({"type": "string"}),
+    st.just({"type": "boolean"}),
+    st.just({"type": "null"}),
+    st.sampled_from(
+        sorted(
+            ["date-time", "date", "time", "email", "uuid", "ipv4", "ipv6", "hostname", "duration"]
+        )
+    ).map(lambda f: {"type": "string", "format": f}),
+    st.sampled_from([r"^[a-z]{2,5}$", r"^\d{3}-\d{2}$", r"^(yes|no)$"]).map(
+        lambda p: {"type": "string", "pattern": p}
+    ),
+    st.lists(st.text(max_size=5) | st.integers(-5, 5), min_size=1, max_size=4, unique=True).map(
+        lambda values: {"enum": values}
+    ),
+    st.tuples(st.integers(-50, 50), st.integers(0, 50)).map(
+        lambda b: {"type": "integer", "minimum": b[0], "maximum": b[0] + b[1]}
+    ),
+    st.tuples(st.integers(-50, 50), st.integers(1, 50)).map(
+        lambda b: {"type": "number", "exclusiveMinimum": b[0], "exclusiveMaximum": b[0] + b[1]}
+    ),
+    st.integers(1, 7).map(
+        lambda m: {"type": "integer", "multipleOf": m, "minimum": 0, "maximum": 60}
+    ),
+)
+
+
+def _compound(children):
+    return st.one_of(
+        st.dictionaries(_names, children, max_size=4).map(lambda props: obj(**props)),
+        st.tuples(children, st.integers(0, 2), st.integers(0, 2)).map(
+            lambda t: {"type": "array", "items": t[0], "minItems": t[1], "maxItems": t[1] + t[2]}
+        ),
+        st.lists(children, min_size=1, max_size=3).map(lambda branches: {"anyOf": branches}),
+    )
+
+
+strict_schemas = st.dictionaries(
+    _names, st.recursive(_leaves, _compound, max_leaves=12), max_size=5
+).map(lambda props: obj(**props))
+
+
+@settings(max_examples=150, deadline=None, derandomize=True, database=None)
+@given(schema=strict_schemas, seed=st.integers(0, 2**32))
+def test_any_schema_of_the_subset_gets_a_valid_document(schema, seed):
+    check_schema(schema, strict=True)
+    generation = generate_all(
+        request(seed=seed, response_format="json_schema", json_schema=schema, logprobs=True)
+    )
+    assert generation.finish_reasons() == ["stop"]
+    text = generation.texts()[0]
+    Draft202012Validator(schema, format_checker=Draft202012Validator.FORMAT_CHECKER).validate(
+        json.loads(text)
+    )
+    assert "".join(entry["token"] for entry in generation.logprobs()[0]) == text
+    assert generation.completion_tokens == count_tokens(text)
+
+
+def test_dates_and_times_are_iso_8601():
+    schema = obj(
+        when={"type": "string", "format": "date-time"},
+        day={"type": "string", "format": "date"},
+        at={"type": "string", "format": "time"},
+    )
+    for seed in range(10):
+        document = json.loads(
+            generate_all(
+                request(seed=seed, response_format="json_schema", json_schema=schema)
+            ).texts()[0]
+        )
+        datetime.fromisoformat(document["when"])
+        date.fromisoformat(document["day"])
+        time.fromisoformat(document["at"])
