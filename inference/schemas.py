@@ -30,6 +30,8 @@ from infra.errors import InvalidRequest
 
 # Unknown fields are refused, and JSON values are taken as they are: `"1"` is not a number.
 _STRICT = ConfigDict(extra="forbid", frozen=True, strict=True)
+# The configuration's former name, for models written against it on other branches: strict too.
+_IGNORE_EXTRA = _STRICT
 
 
 class TextPart(BaseModel):

@@ -109,7 +109,7 @@ class Scored:
 
 def _pick(
     rng: random.Random, options: Sequence[tuple[str, int]], temperature: float, top_p: float
-) -> tuple[str, Scored]:
+) -> tuple[str, list[str], list[float]]:
     if temperature <= 0 or len(options) == 1:
         # Fully determined by the prompt: still varied, never a loop on the top choice.
         weights = [float(count) for _, count in options]
@@ -129,7 +129,7 @@ def _pick(
                 break
         options, weights = options[:kept], weights[:kept]
     words = [word for word, _ in options]
-    return rng.choices(words, weights=weights, k=1)[0], Scored(None, words, weights)
+    return rng.choices(words, weights=weights, k=1)[0], words, weights
 
 
 def _join(previous: str | None, word: str) -> str:
@@ -175,8 +175,8 @@ def generate_scored_words(
             options = chain.get(state)
             if not options:
                 break
-            word, scored = _pick(rng, options, temperature, top_p)
-            yield _join(previous, word), Scored(previous, scored.words, scored.weights)
+            word, words, weights = _pick(rng, options, temperature, top_p)
+            yield _join(previous, word), Scored(previous, words, weights)
             previous = word
             state = (state[1], word)
             if word in _SENTENCE_END:

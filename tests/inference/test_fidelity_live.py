@@ -231,3 +231,22 @@ def test_top_logprobs_needs_logprobs_and_at_most_twenty(live, secret, openai_cli
             model="nebula-7b", messages=QUESTION, extra_body=extra
         )
     assert bad.value.response.json()["error"]["param"] == param
+
+
+def test_an_image_part_to_a_text_only_model_is_refused_clearly(live, secret, openai_client):
+    with pytest.raises(openai.BadRequestError) as bad:
+        openai_client(secret).chat.completions.create(
+            model="nebula-7b",
+            messages=[
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "text", "text": "What is in this picture?"},
+                        {"type": "image_url", "image_url": {"url": "https://example.com/a.png"}},
+                    ],
+                }
+            ],
+        )
+    error = bad.value.response.json()["error"]
+    assert error["code"] == "unsupported_content" and error["param"] == "messages[0].content"
+    assert "text only" in error["message"] and "image_url" in error["message"]
