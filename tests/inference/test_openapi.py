@@ -5,7 +5,10 @@ import re
 
 import pytest
 from drf_spectacular.validation import validate_schema
+from openapi_schema_validator import OAS31Validator
 
+from inference.engine import GenerationRequest, generate_all
+from inference.responses import chat_completion
 from inference.schemas import ChatCompletionRequest, parse_chat_request
 from tests.support.openai_schema import validate
 
@@ -141,3 +144,41 @@ def test_the_chat_request_schema_forbids_unknown_fields(schema):
     described = schema["components"]["schemas"]["ChatCompletionRequest"]
     assert described["additionalProperties"] is False
     assert "response_format" in described["properties"] and "logprobs" in described["properties"]
+
+
+def _logprob_body():
+    generation = generate_all(
+        GenerationRequest(
+            model="m",
+            prompt_text="user: hi",
+            user_text="How do GPUs serve models?",
+            prompt_tokens=5,
+            context_length=4096,
+            seed=2,
+            max_tokens=30,
+            logprobs=True,
+            top_logprobs=4,
+        )
+    )
+    done = {
+        "r": "req_1",
+        "t": "done",
+        "seq": 1,
+        "usage": {"prompt_tokens": 5, "completion_tokens": 30, "total_tokens": 35},
+        "finish": generation.finish_reasons(),
+        "texts": generation.texts(),
+        "logprobs": generation.logprobs(),
+        "ttft_ms": 1.0,
+        "queue_ms": 1.0,
+    }
+    return chat_completion("req_1", "m", done)
+
+
+def test_a_completion_with_logprobs_is_what_both_schemas_describe(schema):
+    body = _logprob_body()
+    assert body["choices"][0]["logprobs"]["content"]
+    validate("CreateChatCompletionResponse", body)  # OpenAI's
+    ours = OAS31Validator(
+        {"$ref": "#/components/schemas/ChatCompletion", "components": schema["components"]}
+    )
+    ours.validate(body)
