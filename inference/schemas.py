@@ -248,12 +248,12 @@ class ChatCompletionRequest(BaseModel):
     stream: bool | None = None
     stream_options: StreamOptions | None = None
     user: Annotated[str, Field(max_length=512)] | None = None
-    # vLLM's extra sampling parameters: keep generating past the model's natural end.
     response_format: ResponseFormat | None = None
     logprobs: bool | None = None
     top_logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
     # An identifier, like `user`: nothing to do with it but pass it on to an engine.
     safety_identifier: Annotated[str, Field(max_length=64)] | None = None
+    # vLLM's extra sampling parameters: keep generating past the model's natural end.
     ignore_eos: bool | None = None
     min_tokens: Annotated[int, Field(ge=0, le=2**31 - 1)] | None = None
 
@@ -286,7 +286,8 @@ class ChatCompletionRequest(BaseModel):
         return accepted
 
     @model_validator(mode="after")
-    def _stream_options_need_stream(self) -> ChatCompletionRequest:
+    def _parameters_agree(self) -> ChatCompletionRequest:
+        """Parameters that only make sense with others (OpenAI's rules)."""
         if self.stream_options is not None and not self.stream:
             raise ValueError("stream_options is only allowed when stream is true")
         if self.output_format == "json_object" and not any(
