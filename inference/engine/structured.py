@@ -94,11 +94,25 @@ def check_schema(schema: Mapping[str, Any], *, strict: bool) -> None:
                 keyword="type",
             )
         counts = {"properties": 0}
-        _check_strict(schema, (), depth=1, counts=counts)
+        _check_strict(schema, (), depth=1, counts=counts, root=schema)
+        try:
+            # Every strict schema must have a document the generator reaches: a required
+            # property that refers back to its own object has none.
+            _Writer(random.Random(0), schema, "").value(schema, depth=0)  # noqa: S311
+        except RecursionError:
+            raise SchemaRefused(
+                "The schema has no finite instance: a required '$ref' recurses forever",
+                keyword="$ref",
+            ) from None
 
 
 def _check_strict(
-    node: Any, path: tuple[str | int, ...], *, depth: int, counts: dict[str, int]
+    node: Any,
+    path: tuple[str | int, ...],
+    *,
+    depth: int,
+    counts: dict[str, int],
+    root: Mapping[str, Any],
 ) -> None:
     if isinstance(node, bool) or not isinstance(node, Mapping):
         raise SchemaRefused(
@@ -161,14 +175,16 @@ def _check_strict(
                 path=path,
             )
         for name, child in properties.items():
-            _check_strict(child, (*path, "properties", name), depth=depth + 1, counts=counts)
+            where = (*path, "properties", name)
+            _check_strict(child, where, depth=depth + 1, counts=counts, root=root)
     if "items" in node:
-        _check_strict(node["items"], (*path, "items"), depth=depth + 1, counts=counts)
+        where = (*path, "items")
+        _check_strict(node["items"], where, depth=depth + 1, counts=counts, root=root)
     for index, branch in enumerate(node.get("anyOf", [])):
-        _check_strict(branch, (*path, "anyOf", index), depth=depth, counts=counts)
+        _check_strict(branch, (*path, "anyOf", index), depth=depth, counts=counts, root=root)
     for defs in ("$defs", "definitions"):
         for name, child in node.get(defs, {}).items():
-            _check_strict(child, (*path, defs, name), depth=depth, counts=counts)
+            _check_strict(child, (*path, defs, name), depth=depth, counts=counts, root=root)
     ref = node.get("$ref")
     if ref is not None and not (ref == "#" or ref.startswith(("#/$defs/", "#/definitions/"))):
         raise SchemaRefused(
@@ -176,6 +192,43 @@ def _check_strict(
             keyword="$ref",
             path=path,
         )
+    if ref is not None and _target(root, ref) is None:
+        raise SchemaRefused(f"'$ref' points at nothing: '{ref}'", keyword="$ref", path=path)
+    if "pattern" in node:
+        pattern = node["pattern"]
+        try:  # whatever the generator cannot follow, it must say so here, not in a worker
+            rngs = (random.Random(seed) for seed in range(3))  # noqa: S311
+            follows = all(re.search(pattern, _matching(pattern, rng)) for rng in rngs)
+        except Exception:
+            follows = False
+        if not follows:
+            raise SchemaRefused(
+                "pattern uses a construct Nebula cannot generate strings for",
+                keyword="pattern",
+                path=path,
+            )
+
+
+def _matching(pattern: str, rng: random.Random) -> str:
+    """A string `pattern` matches, from rstr (which ignores lookarounds: try a few)."""
+    generate = rstr.Rstr(rng).xeger
+    text = generate(pattern)
+    for _ in range(10):
+        if re.search(pattern, text):
+            break
+        text = generate(pattern)
+    return text
+
+
+def _target(root: Mapping[str, Any], ref: str) -> Mapping[str, Any] | None:
+    """What a local `$ref` ('#', '#/$defs/name') points at, or None."""
+    target: Any = root
+    if ref != "#":
+        for part in ref.removeprefix("#/").split("/"):
+            if not isinstance(target, Mapping):
+                return None
+            target = target.get(part.replace("~1", "/").replace("~0", "~"))
+    return target if isinstance(target, Mapping) else None
 
 
 # --- generation ----------------------------------------------------------------------------------
@@ -209,10 +262,9 @@ class _Writer:
         ref = node.get("$ref")
         if ref is None:
             return node
-        target: Any = self.root
-        if ref != "#":
-            for part in ref.removeprefix("#/").split("/"):
-                target = target[part.replace("~1", "/").replace("~0", "~")]
+        target = _target(self.root, ref)
+        if target is None:
+            raise KeyError(ref)
         merged = {**target, **{k: v for k, v in node.items() if k != "$ref"}}
         return self.resolve(merged) if "$ref" in merged and merged["$ref"] != ref else merged
 
@@ -265,7 +317,7 @@ class _Writer:
         if "format" in node:
             self.put(json.dumps(_formatted(node["format"], self.rng)))
         elif "pattern" in node:
-            self.put(json.dumps(rstr.Rstr(self.rng).xeger(node["pattern"])))
+            self.put(json.dumps(_matching(node["pattern"], self.rng)))
         else:
             self.text_string()
 

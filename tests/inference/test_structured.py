@@ -362,3 +362,24 @@ def test_dates_and_times_are_iso_8601():
         datetime.fromisoformat(document["when"])
         date.fromisoformat(document["day"])
         time.fromisoformat(document["at"])
+
+
+@pytest.mark.parametrize(
+    ("schema", "keyword"),
+    [
+        (obj(a={"$ref": "#/$defs/missing"}), "$ref"),
+        (
+            {
+                **obj(a={"$ref": "#/$defs/loop"}),
+                "$defs": {"loop": obj(again={"$ref": "#/$defs/loop"})},
+            },
+            "$ref",
+        ),
+        ({**obj(a={"$ref": "#"})}, "$ref"),
+        (obj(a={"type": "string", "pattern": "^(?=a)b$"}), "pattern"),
+    ],
+)
+def test_strict_schemas_the_generator_cannot_follow_are_refused(schema, keyword):
+    with pytest.raises(SchemaRefused) as refused:
+        check_schema(schema, strict=True)
+    assert refused.value.keyword == keyword
