@@ -73,6 +73,8 @@ class Outbox:
     finished: list[tuple[int, str]] = field(default_factory=list)
     # Per choice: `delta.tool_calls` fragments; a call's argument pieces merge into one.
     tool_calls: list[tuple[int, list[dict[str, Any]]]] = field(default_factory=list)
+    # Per choice, the logprobs of its merged deltas' tokens (DeltaMessage `lp`).
+    logprobs: list[tuple[int, list[dict[str, Any]]]] = field(default_factory=list)
     tokens: int = 0
     since: float = 0.0
 
@@ -91,6 +93,12 @@ class Outbox:
         for index, fragment in step.tool_deltas:
             self._add_fragment(index, fragment)
         self.finished.extend(step.finished)
+        for index, entries in step.logprobs:
+            merged = next((i for i, (c, _) in enumerate(self.logprobs) if c == index), None)
+            if merged is None:
+                self.logprobs.append((index, list(entries)))
+            else:
+                self.logprobs[merged][1].extend(entries)
         self.tokens += 1
 
     def _add_fragment(self, index: int, fragment: dict[str, Any]) -> None:
@@ -107,7 +115,8 @@ class Outbox:
             fragments.append(dict(fragment))
 
     def clear(self) -> None:
-        self.deltas, self.finished, self.tool_calls, self.tokens = [], [], [], 0
+        self.deltas, self.finished, self.tool_calls, self.logprobs = [], [], [], []
+        self.tokens = 0
 
 
 class Run(Protocol):

@@ -102,6 +102,11 @@ class JobPayload(TypedDict):
     tools: NotRequired[ToolsJob]
     # Text completions (/v1/completions): each choice's prompt and its tokens, in choice order.
     prompts: NotRequired[list[tuple[str, int]]]
+    # Structured output (absent: text): "json_object" or "json_schema", with its schema.
+    response_format: NotRequired[str]
+    json_schema: NotRequired[dict[str, Any] | None]
+    # Per-token logprobs with this many alternatives each (absent: no logprobs).
+    logprobs: NotRequired[int]
 
 
 # --- Messages from worker to web process (Redis pub/sub on the web process's reply channel) -----

@@ -62,6 +62,12 @@ _FINISH_REASON: dict[str, Any] = {
     "enum": ["stop", "length", "tool_calls", "content_filter", "function_call", None]
 }
 
+_TOKEN: dict[str, Any] = {
+    "token": {"type": "string"},
+    "logprob": {"type": "number", "maximum": 0},
+    "bytes": {"type": ["array", "null"], "items": {"type": "integer"}},
+}
+
 RESPONSE_SCHEMAS: dict[str, dict[str, Any]] = {
     "OpenAIError": {
         "type": "object",
@@ -81,6 +87,34 @@ RESPONSE_SCHEMAS: dict[str, dict[str, Any]] = {
         },
         "required": ["error"],
         "additionalProperties": False,
+    },
+    "ChatCompletionTokenLogprob": {
+        "type": "object",
+        "description": (
+            "A token of the reply with the simulated sampler's log probability (`bytes`: its "
+            "UTF-8 bytes) and up to `top_logprobs` alternatives, most likely first."
+        ),
+        "properties": {
+            **_TOKEN,
+            "top_logprobs": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "properties": _TOKEN,
+                    "required": ["token", "logprob", "bytes"],
+                },
+            },
+        },
+        "required": ["token", "logprob", "bytes", "top_logprobs"],
+    },
+    "ChoiceLogprobs": {
+        "type": "object",
+        "description": "With `logprobs: true`: the logprobs of this choice's (or chunk's) tokens.",
+        "properties": {
+            "content": _nullable({"type": "array", "items": _ref("ChatCompletionTokenLogprob")}),
+            "refusal": {"type": "null"},
+        },
+        "required": ["content", "refusal"],
     },
     "ChatCompletion": {
         "type": "object",
@@ -109,7 +143,7 @@ RESPONSE_SCHEMAS: dict[str, dict[str, Any]] = {
                             },
                             "required": ["role", "content"],
                         },
-                        "logprobs": {"type": "null"},
+                        "logprobs": _nullable(_ref("ChoiceLogprobs")),
                         "finish_reason": _FINISH_REASON,
                     },
                     "required": ["index", "message", "finish_reason"],
@@ -138,7 +172,7 @@ RESPONSE_SCHEMAS: dict[str, dict[str, Any]] = {
                     "properties": {
                         "index": {"type": "integer"},
                         "delta": {"type": "object"},
-                        "logprobs": {"type": "null"},
+                        "logprobs": _nullable(_ref("ChoiceLogprobs")),
                         "finish_reason": _FINISH_REASON,
                     },
                     "required": ["index", "delta", "finish_reason"],

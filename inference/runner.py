@@ -190,6 +190,10 @@ class JobRun:
                 min_tokens=job["min_tokens"],
                 tools=_tool_spec(job),
                 choice_prompts=tuple((text, tokens) for text, tokens in job.get("prompts", [])),
+                response_format=job.get("response_format", "text"),
+                json_schema=job.get("json_schema"),
+                logprobs="logprobs" in job,
+                top_logprobs=job.get("logprobs", 0),
             )
         )
         # The worker's engine loop paces it at the simulated GPU's speed and sends its deltas.
@@ -245,6 +249,8 @@ class JobRun:
         }
         if outbox.tool_calls:
             message["tc"] = outbox.tool_calls
+        if outbox.logprobs:
+            message["lp"] = outbox.logprobs
         return message
 
     def salvage(self, outcome: Outcome) -> None:
@@ -560,7 +566,10 @@ def completion_execute(job: JobPayload, worker: WorkerRuntime) -> None:
             done["texts"] = generation.texts()
             if any(generation.tool_calls()):
                 done["tool_calls"] = generation.tool_calls()
-            if isinstance(generation, UpstreamResult) and any(generation.logprobs()):
+            if isinstance(generation, UpstreamResult):
+                if any(generation.logprobs()):
+                    done["logprobs"] = generation.logprobs()
+            elif "logprobs" in job:
                 done["logprobs"] = generation.logprobs()
         outcome = Outcome(
             state="done",

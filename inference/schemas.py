@@ -1,13 +1,20 @@
 """The `/v1/chat/completions` request, validated by pydantic against OpenAI's published schema.
 
-Unknown fields are ignored, as OpenAI does. Validation errors become OpenAI-style 400 errors
-whose `param` is the JSON path of the offending value (e.g. `messages[0].content`).
+Strict, as OpenAI is: a field the API does not know is a 400 naming it (`unknown_parameter`),
+a field of OpenAI's API that Nebula does not implement is a 400 saying so
+(`unsupported_parameter`, see `UNSUPPORTED`) unless its value asks for nothing, and values are
+never coerced (`"stream": "yes"`, `"max_tokens": true` are 400s). vLLM's extra sampling
+parameters (`ignore_eos`, `min_tokens`) are accepted by name while `NEBULA_ACCEPT_VLLM_EXTRAS`
+is on. Validation errors become OpenAI-style 400 errors whose `param` is the JSON path of the
+offending value (e.g. `messages[0].content`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
+from django.conf import settings
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -15,40 +22,46 @@ from pydantic import (
     StrictBool,
     StrictStr,
     ValidationError,
+    ValidationInfo,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 
+from inference.engine.structured import SchemaRefused, check_schema
 from infra.errors import InvalidRequest
 
-_IGNORE_EXTRA = ConfigDict(extra="ignore", frozen=True)
+# Unknown fields are refused, and JSON values are taken as they are: `"1"` is not a number.
+_STRICT = ConfigDict(extra="forbid", frozen=True, strict=True)
+# The configuration's former name, for models written against it on other branches: strict too.
+_IGNORE_EXTRA = _STRICT
 
 
 class TextPart(BaseModel):
-    model_config = _IGNORE_EXTRA
+    model_config = _STRICT
     type: Literal["text"]
     text: str
 
 
 class ImagePart(BaseModel):
-    model_config = _IGNORE_EXTRA
+    model_config = _STRICT
     type: Literal["image_url"]
     image_url: dict[str, Any]
 
 
 class AudioPart(BaseModel):
-    model_config = _IGNORE_EXTRA
+    model_config = _STRICT
     type: Literal["input_audio"]
     input_audio: dict[str, Any]
 
 
 class FilePart(BaseModel):
-    model_config = _IGNORE_EXTRA
+    model_config = _STRICT
     type: Literal["file"]
     file: dict[str, Any]
 
 
 class RefusalPart(BaseModel):
-    model_config = _IGNORE_EXTRA
+    model_config = _STRICT
     type: Literal["refusal"]
     refusal: str
 
@@ -60,7 +73,7 @@ Content = str | list[ContentPart]
 
 
 class _Message(BaseModel):
-    model_config = _IGNORE_EXTRA
+    model_config = _STRICT
     name: str | None = None
 
     def text(self) -> str:
@@ -143,6 +156,11 @@ class AssistantMessage(_Message):
     refusal: str | None = None
     tool_calls: list[AssistantToolCall] | None = None
     function_call: FunctionCall | None = None
+    # What a reply's message carries besides (the openai client sends a reply's message back
+    # as it came: `messages.append(completion.choices[0].message)`): taken, and not read.
+    # Nebula's replies have no audio, so only a null one can be one of them.
+    annotations: list[dict[str, Any]] | None = None
+    audio: None = None
 
 
 class ToolMessage(_Message):
@@ -168,12 +186,108 @@ Message = Annotated[
 
 
 class StreamOptions(BaseModel):
-    model_config = _IGNORE_EXTRA
+    model_config = _STRICT
     include_usage: bool | None = None
 
 
+def _never(value: Any) -> bool:
+    return False
+
+
+def _is(*neutral: Any) -> Callable[[Any], bool]:
+    """A value that asks for nothing beyond what Nebula does anyway (OpenAI's default)."""
+    return lambda value: any(type(value) is type(n) and value == n for n in neutral)
+
+
+def _text_only(value: Any) -> bool:
+    return isinstance(value, list) and all(item == "text" for item in value)
+
+
+_NO_CACHE = "Prompt caching is not supported by Nebula"
+_NO_TOOLS = "Tool calling is not supported by Nebula"
+# Every field of OpenAI's CreateChatCompletionRequest that Nebula does not implement, with the
+# values that ask for nothing (which are accepted: null always is). Anything else is a 400: a
+# parameter accepted and ignored would mislead every framework built on the API. A name that
+# is also a field of ChatCompletionRequest is implemented, and this entry no longer applies.
+UNSUPPORTED: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "audio": (_never, "Audio output is not supported: Nebula's models produce text only"),
+    "modalities": (_text_only, 'Nebula\'s models produce text only: modalities: ["text"]'),
+    "prediction": (_never, "Predicted Outputs are not supported by Nebula"),
+    "store": (_is(False), "Stored completions are not supported by Nebula"),
+    "metadata": (_is({}), "Metadata is kept with stored completions, which Nebula does not keep"),
+    "frequency_penalty": (_is(0, 0.0), "frequency_penalty is not supported by Nebula"),
+    "presence_penalty": (_is(0, 0.0), "presence_penalty is not supported by Nebula"),
+    "logit_bias": (_is({}), "logit_bias is not supported: Nebula's tokenizer has no token ids"),
+    "web_search_options": (_never, "Web search is not supported by Nebula"),
+    "reasoning_effort": (_never, "Nebula's models are not reasoning models"),
+    "verbosity": (_never, "verbosity is not supported by Nebula"),
+    "service_tier": (_is("auto", "default"), "Nebula serves the default service tier only"),
+    "moderation": (_never, "Moderation is not supported by Nebula"),
+    "prompt_cache_key": (_never, _NO_CACHE),
+    "prompt_cache_retention": (_never, _NO_CACHE),
+    "prompt_cache_options": (_never, _NO_CACHE),
+    "tools": (_is([]), _NO_TOOLS),
+    "tool_choice": (_is("none"), _NO_TOOLS),
+    "parallel_tool_calls": (_never, _NO_TOOLS),
+    "functions": (_never, _NO_TOOLS),
+    "function_call": (_is("none"), _NO_TOOLS),
+}
+# vLLM's extra sampling parameters, not OpenAI's: unknown parameters unless the setting
+# NEBULA_ACCEPT_VLLM_EXTRAS (validation context `accept_vllm_extras`) accepts them.
+VLLM_EXTRAS = frozenset({"ignore_eos", "min_tokens"})
+
+
+class ResponseFormatText(BaseModel):
+    model_config = _STRICT
+    type: Literal["text"]
+
+
+class ResponseFormatJsonObject(BaseModel):
+    model_config = _STRICT
+    type: Literal["json_object"]
+
+
+class JsonSchemaFormat(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, populate_by_name=True)
+    name: Annotated[str, Field(pattern=r"^[a-zA-Z0-9_-]{1,64}$")]
+    description: str | None = None
+    # `schema` would shadow pydantic's own attribute: the field takes the name as an alias.
+    schema_: Annotated[dict[str, Any] | None, Field(alias="schema")] = None
+    strict: bool | None = None
+
+    @model_validator(mode="after")
+    def _schema_is_supported(self) -> JsonSchemaFormat:
+        """OpenAI's rules for the schema: valid JSON Schema, and its subset in strict mode."""
+        try:
+            check_schema(self.schema_ or {"type": "object"}, strict=bool(self.strict))
+        except SchemaRefused as refused:
+            raise PydanticCustomError(
+                "invalid_json_schema",
+                "Invalid schema for response_format '{name}': {reason}.",
+                {
+                    "name": self.name,
+                    "reason": str(refused),
+                    "param": "response_format.json_schema.schema",
+                    "keyword": refused.keyword,
+                },
+            ) from None
+        return self
+
+
+class ResponseFormatJsonSchema(BaseModel):
+    model_config = _STRICT
+    type: Literal["json_schema"]
+    json_schema: JsonSchemaFormat
+
+
+ResponseFormat = Annotated[
+    ResponseFormatText | ResponseFormatJsonObject | ResponseFormatJsonSchema,
+    Field(discriminator="type"),
+]
+
+
 class ChatCompletionRequest(BaseModel):
-    model_config = _IGNORE_EXTRA
+    model_config = _STRICT
 
     model: Annotated[str, Field(min_length=1, max_length=256)]
     messages: Annotated[list[Message], Field(min_length=1)]
@@ -188,6 +302,11 @@ class ChatCompletionRequest(BaseModel):
     stream: bool | None = None
     stream_options: StreamOptions | None = None
     user: Annotated[str, Field(max_length=512)] | None = None
+    response_format: ResponseFormat | None = None
+    logprobs: bool | None = None
+    top_logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
+    # An identifier, like `user`: nothing to do with it but pass it on to an engine.
+    safety_identifier: Annotated[str, Field(max_length=64)] | None = None
     # vLLM's extra sampling parameters: keep generating past the model's natural end.
     ignore_eos: bool | None = None
     min_tokens: Annotated[int, Field(ge=0, le=2**31 - 1)] | None = None
@@ -200,11 +319,61 @@ class ChatCompletionRequest(BaseModel):
     )
     function_call: FunctionCallChoice | None = None
 
+    @model_validator(mode="before")
+    @classmethod
+    def _known_and_supported(cls, data: Any, info: ValidationInfo) -> Any:
+        """Refuse what Nebula does not know or does not do, before looking at any value."""
+        if not isinstance(data, dict):
+            return data
+        extras = (info.context or {}).get("accept_vllm_extras", True)
+        accepted = dict(data)
+        for name, value in data.items():
+            if name in cls.model_fields and (extras or name not in VLLM_EXTRAS):
+                continue
+            if name in UNSUPPORTED and name not in cls.model_fields:
+                neutral, reason = UNSUPPORTED[name]
+                if value is None or neutral(value):
+                    del accepted[name]  # asks for nothing: as if absent
+                    continue
+                raise PydanticCustomError(
+                    "unsupported_parameter",
+                    "Unsupported parameter: '{param}'. {reason}.",
+                    {"param": name, "reason": reason},
+                )
+            raise PydanticCustomError(
+                "unknown_parameter",
+                "Unrecognized request argument supplied: {param}",
+                {"param": name},
+            )
+        return accepted
+
     @model_validator(mode="after")
-    def _stream_options_need_stream(self) -> ChatCompletionRequest:
+    def _parameters_agree(self) -> ChatCompletionRequest:
+        """Parameters that only make sense with others (OpenAI's rules)."""
         if self.stream_options is not None and not self.stream:
             raise ValueError("stream_options is only allowed when stream is true")
+        if self.output_format == "json_object" and not any(
+            "json" in message.text().lower() for message in self.messages
+        ):
+            # OpenAI's rule, kept so that a request that works here works there too.
+            raise PydanticCustomError(
+                "invalid_value",
+                "'messages' must contain the word 'json' in some form, to use "
+                "'response_format' of type 'json_object'.",
+                {"param": "messages"},
+            )
+        if self.top_logprobs is not None and not self.logprobs:
+            raise PydanticCustomError(
+                "invalid_value",
+                "Invalid value for 'top_logprobs': 'logprobs' must be true to use top_logprobs.",
+                {"param": "top_logprobs"},
+            )
         return self
+
+    @property
+    def output_format(self) -> str:
+        """What the engine must produce: text, json_object or json_schema."""
+        return self.response_format.type if self.response_format else "text"
 
     @property
     def token_limit(self) -> int | None:
@@ -228,6 +397,7 @@ class ChatCompletionRequest(BaseModel):
 _ROLES = {"system", "developer", "user", "assistant", "tool", "function"}
 _PART_TYPES = {"text", "image_url", "input_audio", "file", "refusal"}
 _DISCRIMINATED = {"messages", "content"}  # the lists whose items are tagged unions
+_FORMAT_TYPES = {"text", "json_object", "json_schema"}
 
 
 def _param(location: tuple[int | str, ...]) -> str | None:
@@ -244,6 +414,8 @@ def _param(location: tuple[int | str, ...]) -> str | None:
             path += f"[{part}]"
         elif isinstance(previous, int) and field in _DISCRIMINATED and part in _ROLES | _PART_TYPES:
             pass  # a discriminator tag (`function` elsewhere is a field: tools[0].function)
+        elif previous == "response_format" and part in _FORMAT_TYPES:
+            pass  # response_format's discriminator tag
         elif "[" in part or part in {"str", "int", "float", "bool"} or part[:1].isupper():
             pass  # a union branch's type or model name (fields are lower case)
         else:
@@ -256,6 +428,12 @@ def _param(location: tuple[int | str, ...]) -> str | None:
 def _describe(error: dict[str, Any]) -> tuple[str, str | None, str]:
     kind = error["type"]
     param = _param(tuple(error.get("loc", ())))
+    if kind in {"unknown_parameter", "unsupported_parameter", "invalid_json_schema"} or (
+        "param" in error.get("ctx", {})
+    ):
+        return str(error["msg"]), str(error["ctx"]["param"]), kind
+    if kind == "extra_forbidden":
+        return f"Unrecognized request argument supplied: {param}", param, "unknown_parameter"
     if kind == "json_invalid":
         return (
             "We could not parse the JSON body of your request. (HINT: This likely means you "
@@ -289,7 +467,9 @@ def _describe(error: dict[str, Any]) -> tuple[str, str | None, str]:
 def parse_chat_request(body: bytes) -> ChatCompletionRequest:
     """Validate a raw request body, or raise an OpenAI-style 400 for its first problem."""
     try:
-        return ChatCompletionRequest.model_validate_json(body)
+        return ChatCompletionRequest.model_validate_json(
+            body, context={"accept_vllm_extras": settings.NEBULA_ACCEPT_VLLM_EXTRAS}
+        )
     except ValidationError as exc:
         errors = exc.errors(include_url=False)
 

@@ -23,7 +23,7 @@ from inference.engine import count_chat_tokens, count_tokens
 from inference.gateway import Caller, RequestContext, gateway_admit
 from inference.hub import reply_hub
 from inference.jobs import JobPayload, ToolsJob, celery_message
-from inference.schemas import ChatCompletionRequest
+from inference.schemas import ChatCompletionRequest, ResponseFormatJsonSchema
 from inference.text_schemas import CompletionRequest
 from inference.toolcalls import tools_check, tools_prompt_tokens
 from infra.errors import InvalidRequest, NotFound
@@ -38,7 +38,7 @@ _NOT_FORWARDED = {"model", "stream", "stream_options", "max_completion_tokens"}
 def upstream_body(request: ChatCompletionRequest) -> dict[str, Any]:
     """The request's parameters for an engine: what the client sent and Nebula accepted, as
     the client spelled it (an engine may take parameters the simulated engine does not)."""
-    body = request.model_dump(mode="json", exclude_none=True, exclude=_NOT_FORWARDED)
+    body = request.model_dump(mode="json", exclude_none=True, exclude=_NOT_FORWARDED, by_alias=True)
     # Every engine reads max_tokens; not all know OpenAI's newer name for it.
     if request.token_limit is not None:
         body["max_tokens"] = request.token_limit
@@ -97,8 +97,19 @@ async def completion_submit(
         ignore_eos=bool(request.ignore_eos),
         min_tokens=request.min_tokens or 0,
         tools=tools,
+        output=_output(request),
+        logprobs=(request.top_logprobs or 0) if request.logprobs else None,
         upstream=lambda: upstream_body(request),
     )
+
+
+def _output(request: ChatCompletionRequest) -> tuple[str, dict[str, Any] | None] | None:
+    """What the engine must produce instead of text (response_format), with its schema."""
+    if request.response_format is None or request.output_format == "text":
+        return None
+    if isinstance(request.response_format, ResponseFormatJsonSchema):
+        return request.output_format, request.response_format.json_schema.schema_
+    return request.output_format, None
 
 
 async def text_completion_submit(
@@ -184,6 +195,8 @@ async def _job_submit(
     min_tokens: int = 0,
     tools: ToolsJob | None = None,
     prompts: list[tuple[str, int]] | None = None,
+    output: tuple[str, dict[str, Any] | None] | None = None,
+    logprobs: int | None = None,
     upstream: Callable[[], dict[str, Any]] | None = None,
 ) -> Completion:
     ctx.model = request.model
@@ -264,6 +277,10 @@ async def _job_submit(
             payload["tools"] = tools
         if prompts is not None:
             payload["prompts"] = prompts
+        if output is not None:
+            payload["response_format"], payload["json_schema"] = output
+        if logprobs is not None:
+            payload["logprobs"] = logprobs
         if model.backend == Backend.OPENAI_COMPATIBLE and upstream is not None:
             payload["model"]["backend"] = model.backend
             payload["upstream"] = {"deployment_id": model.pk, "body": upstream()}

@@ -90,6 +90,9 @@ NEBULA_WORKER_RECONCILER = env.bool("NEBULA_WORKER_RECONCILER", True)
 NEBULA_DB_THREADS = env.int("NEBULA_DB_THREADS", 4, validate=POSITIVE)
 # Request size limits for /v1/chat/completions.
 NEBULA_MAX_BODY_BYTES = env.int("NEBULA_MAX_BODY_BYTES", 1_048_576, validate=POSITIVE)
+# vLLM's extra sampling parameters (`ignore_eos`, `min_tokens`), which the simulated engine
+# honours, are accepted by name; off, they are unknown parameters (400), as on OpenAI's API.
+NEBULA_ACCEPT_VLLM_EXTRAS = env.bool("NEBULA_ACCEPT_VLLM_EXTRAS", True)
 NEBULA_MAX_MESSAGES = env.int("NEBULA_MAX_MESSAGES", 256, validate=POSITIVE)
 NEBULA_MAX_MESSAGE_CHARS = env.int("NEBULA_MAX_MESSAGE_CHARS", 200_000, validate=POSITIVE)
 # One body limit for every endpoint (daphne enforces it as bytes arrive: infra.http_server).

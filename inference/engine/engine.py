@@ -6,12 +6,15 @@
 
 from __future__ import annotations
 
+import itertools
 import random
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from inference.engine.textgen import generate_words, natural_length, seed_for
+from inference.engine.logprobs import TokenLogprob, document_logprobs, piece_logprobs
+from inference.engine.structured import Piece, json_pieces
+from inference.engine.textgen import generate_scored_words, natural_length, seed_for
 from inference.engine.tokenizer import count_tokens, iter_tokens
 from inference.engine.tools import PlannedCall, ToolSpec, plan_calls
 
@@ -38,6 +41,12 @@ class GenerationRequest:
     tools: ToolSpec | None = None  # the functions the model may call
     # Text completions with several prompts: each choice's own (prompt, its tokens).
     choice_prompts: tuple[tuple[str, int], ...] = ()
+    # OpenAI's response_format: "text", "json_object" or "json_schema" (with its schema).
+    response_format: str = "text"
+    json_schema: Mapping[str, Any] | None = None
+    # Per-token log probabilities, with this many alternatives each.
+    logprobs: bool = False
+    top_logprobs: int = 0
 
     @property
     def token_budget(self) -> int:
@@ -53,8 +62,10 @@ class GenerationRequest:
 @dataclass(slots=True)
 class _Choice:
     index: int
-    tokens: Iterator[str]
+    tokens: Iterator[tuple[str, TokenLogprob | None]]
     target: int
+    # Structured output: the document's length in tokens, where the model's reply ends.
+    eos_at: int | None = None
     held: str = ""
     text: str = ""
     generated: int = 0
@@ -62,6 +73,9 @@ class _Choice:
     # A choice that calls functions streams their fragments instead of text: (fragment, tokens).
     fragments: list[tuple[dict[str, Any], int]] = field(default_factory=list)
     tool_calls: list[dict[str, Any]] = field(default_factory=list)
+    # Logprob entries of the held text's tokens (start, end in `held`), and of the emitted text.
+    pending: list[tuple[int, int, TokenLogprob]] = field(default_factory=list)
+    logprobs: list[TokenLogprob] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +86,8 @@ class Step:
     finished: tuple[tuple[int, str], ...] = ()
     # Streaming `delta.tool_calls` entries (OpenAI's shape), per choice index.
     tool_deltas: tuple[tuple[int, dict[str, Any]], ...] = ()
+    # With logprobs: each choice's entries for the tokens of its delta.
+    logprobs: tuple[tuple[int, tuple[TokenLogprob, ...]], ...] = ()
 
 
 @dataclass
@@ -97,13 +113,51 @@ class Generation:
                 )
             )
             calls = plan_calls(req.tools, rng=rng, user_text=user_text) if req.tools else []
-            words = generate_words(
-                rng=rng, user_text=user_text, temperature=req.temperature, top_p=req.top_p
+            if req.response_format == "text" or calls:
+                words = generate_scored_words(
+                    rng=rng, user_text=user_text, temperature=req.temperature, top_p=req.top_p
+                )
+                choice = _Choice(
+                    index=index, tokens=self._tokens(words), target=natural_length(rng)
+                )
+                choice.fragments = _fragments(calls)
+                self.choices.append(choice)
+                continue
+            # Structured output: one JSON document, then (ignore_eos, min_tokens) whitespace,
+            # which keeps it valid JSON.
+            pieces = json_pieces(
+                rng=rng,
+                user_text=user_text,
+                schema=req.json_schema if req.response_format == "json_schema" else None,
             )
-            tokens = (token for word in words for token in iter_tokens(word))
-            choice = _Choice(index=index, tokens=tokens, target=natural_length(rng))
-            choice.fragments = _fragments(calls)
-            self.choices.append(choice)
+            document = self._document_tokens(pieces)
+            padding = self._tokens(itertools.repeat((" ", None)))
+            self.choices.append(
+                _Choice(
+                    index=index,
+                    tokens=itertools.chain(document, padding),
+                    target=len(document),
+                    eos_at=len(document),
+                )
+            )
+
+    def _document_tokens(self, pieces: list[Piece]) -> list[tuple[str, TokenLogprob | None]]:
+        """A JSON document's tokens, as the tokenizer splits the whole text (so usage counts
+        what a re-count of the reply would), with the logprobs of the pieces they are made of
+        (`logprobs.document_logprobs`)."""
+        text = "".join(piece for piece, _ in pieces)
+        if not self.request.logprobs:
+            return [(token, None) for token in iter_tokens(text)]
+        return document_logprobs(text, list(self._tokens(pieces)), self.request.top_logprobs)
+
+    def _tokens(self, pieces: Iterable[Piece]) -> Iterator[tuple[str, TokenLogprob | None]]:
+        if not self.request.logprobs:
+            for text, _ in pieces:
+                for token in iter_tokens(text):
+                    yield token, None
+            return
+        for text, scored in pieces:
+            yield from piece_logprobs(text, scored, self.request.top_logprobs)
 
     @property
     def completion_tokens(self) -> int:
@@ -123,6 +177,12 @@ class Generation:
         """Each choice's calls as OpenAI's `message.tool_calls` (None: it answered in text)."""
         return [choice.tool_calls or None for choice in self.choices]
 
+    def logprobs(self) -> list[list[TokenLogprob] | None]:
+        """Each choice's `logprobs.content` (None without logprobs)."""
+        if not self.request.logprobs:
+            return [None] * len(self.choices)
+        return [choice.logprobs for choice in self.choices]
+
     def steps(self) -> Iterator[Step]:
         budgets = [self.request.budget_for(choice.index) for choice in self.choices]
         if all(budget <= 0 for budget in budgets):
@@ -134,6 +194,7 @@ class Generation:
             deltas: list[tuple[int, str]] = []
             finished: list[tuple[int, str]] = []
             tool_deltas: list[tuple[int, dict[str, Any]]] = []
+            logprobs: list[tuple[int, tuple[TokenLogprob, ...]]] = []
             for choice in self.choices:
                 if choice.finish_reason is not None:
                     continue
@@ -144,13 +205,19 @@ class Generation:
                     if reason is not None:
                         finished.append((choice.index, reason))
                     continue
+                emitted = len(choice.logprobs)
                 delta, reason = self._advance(choice, budget)
                 if delta:
                     deltas.append((choice.index, delta))
                 if reason is not None:
                     finished.append((choice.index, reason))
+                if len(choice.logprobs) > emitted:
+                    logprobs.append((choice.index, tuple(choice.logprobs[emitted:])))
             yield Step(
-                deltas=tuple(deltas), finished=tuple(finished), tool_deltas=tuple(tool_deltas)
+                deltas=tuple(deltas),
+                finished=tuple(finished),
+                tool_deltas=tuple(tool_deltas),
+                logprobs=tuple(logprobs),
             )
 
     def _advance_call(self, choice: _Choice, budget: int) -> tuple[dict[str, Any], str | None]:
@@ -174,8 +241,10 @@ class Generation:
         return fragment, choice.finish_reason
 
     def _advance(self, choice: _Choice, budget: int) -> tuple[str, str | None]:
-        token = next(choice.tokens)
+        token, entry = next(choice.tokens)
         choice.generated += 1
+        if entry is not None:
+            choice.pending.append((len(choice.held), len(choice.held) + len(token), entry))
         choice.held += token
         stops = self.request.stop
         if stops:
@@ -188,21 +257,37 @@ class Generation:
         natural_end = not self.request.ignore_eos and choice.generated >= max(
             choice.target, self.request.min_tokens
         )
-        if natural_end and token.strip() in {".", "!", "?"}:
+        if natural_end and (choice.eos_at is not None or token.strip() in {".", "!", "?"}):
             return self._emit(choice, choice.held, FINISH_STOP)
         # Hold back a tail that could still grow into a stop sequence; emit the rest.
         keep = _longest_stop_prefix_suffix(choice.held, stops)
         ready = choice.held[: len(choice.held) - keep]
+        self._release(choice, len(ready), cut=False)
         choice.held = choice.held[len(ready) :]
         choice.text += ready
         return ready, None
 
-    @staticmethod
-    def _emit(choice: _Choice, text: str, reason: str) -> tuple[str, str]:
+    @classmethod
+    def _emit(cls, choice: _Choice, text: str, reason: str) -> tuple[str, str]:
+        cls._release(choice, len(text), cut=True)
         choice.text += text
         choice.held = ""
         choice.finish_reason = reason
         return text, reason
+
+    @staticmethod
+    def _release(choice: _Choice, length: int, *, cut: bool) -> None:
+        """The logprobs of the held tokens whose text goes out now: those wholly inside the
+        first `length` characters, or (`cut`: the rest is dropped) those starting there."""
+        if not choice.pending:
+            return
+        keep: list[tuple[int, int, TokenLogprob]] = []
+        for start, end, entry in choice.pending:
+            if (start < length) if cut else (end <= length):
+                choice.logprobs.append(entry)
+            elif not cut:
+                keep.append((start - length, end - length, entry))
+        choice.pending = keep
 
 
 def _fragments(calls: list[PlannedCall]) -> list[tuple[dict[str, Any], int]]:

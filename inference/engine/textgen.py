@@ -15,6 +15,7 @@ import random
 import re
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from functools import lru_cache
 
 from inference.engine.corpus import CORPUS
@@ -78,9 +79,37 @@ def topic_of(text: str) -> str:
     return topic[:60]
 
 
+@dataclass(frozen=True, slots=True)
+class Scored:
+    """The distribution a piece of text was sampled from: the candidate words (the sampled one
+    among them) and their weights after temperature and top_p. The candidates' texts are only
+    built when asked for (logprobs), so plain generation pays nothing for them."""
+
+    previous: str | None
+    words: Sequence[str]
+    weights: Sequence[float]
+    strip: bool = False
+
+    @staticmethod
+    def uniform(texts: Sequence[str]) -> Scored:
+        return Scored(None, texts, [1.0] * len(texts))
+
+    def stripped(self) -> Scored:
+        return Scored(self.previous, self.words, self.weights, strip=True)
+
+    def candidates(self) -> list[tuple[str, float]]:
+        """(candidate text as it would have been emitted, probability)."""
+        total = sum(self.weights)
+        texts = (_join(self.previous, word) for word in self.words)
+        return [
+            (text.lstrip() if self.strip else text, weight / total)
+            for text, weight in zip(texts, self.weights, strict=True)
+        ]
+
+
 def _pick(
     rng: random.Random, options: Sequence[tuple[str, int]], temperature: float, top_p: float
-) -> str:
+) -> tuple[str, list[str], list[float]]:
     if temperature <= 0 or len(options) == 1:
         # Fully determined by the prompt: still varied, never a loop on the top choice.
         weights = [float(count) for _, count in options]
@@ -99,7 +128,8 @@ def _pick(
             if mass >= top_p:
                 break
         options, weights = options[:kept], weights[:kept]
-    return rng.choices([word for word, _ in options], weights=weights, k=1)[0]
+    words = [word for word, _ in options]
+    return rng.choices(words, weights=weights, k=1)[0], words, weights
 
 
 def _join(previous: str | None, word: str) -> str:
@@ -117,12 +147,27 @@ def generate_words(
 
     The caller decides where to stop; `natural_length` suggests a reply length.
     """
-    topic = topic_of(user_text)
-    opener = rng.choice(_OPENERS).format(topic=topic) if topic else rng.choice(_OPENERS_NO_TOPIC)
+    for word, _ in generate_scored_words(
+        rng=rng, user_text=user_text, temperature=temperature, top_p=top_p
+    ):
+        yield word
+
+
+def generate_scored_words(
+    *, rng: random.Random, user_text: str, temperature: float, top_p: float, opener: bool = True
+) -> Iterator[tuple[str, Scored | None]]:
+    """`generate_words`, each piece with the distribution it was sampled from (None: it was
+    the only possibility, as the opener's words after its first are)."""
     previous: str | None = None
-    for word in _WORD.findall(opener):
-        yield _join(previous, word)
-        previous = word
+    if opener:
+        topic = topic_of(user_text)
+        openers = _OPENERS if topic else _OPENERS_NO_TOPIC
+        chosen = rng.choice(openers).format(topic=topic)
+        firsts = [_WORD.findall(text.format(topic=topic))[0] for text in openers]
+        for index, word in enumerate(_WORD.findall(chosen)):
+            scored = Scored(None, firsts, [1.0] * len(firsts)) if index == 0 else None
+            yield _join(previous, word), scored
+            previous = word
     chain = _chain()
     while True:
         state = _START
@@ -130,8 +175,8 @@ def generate_words(
             options = chain.get(state)
             if not options:
                 break
-            word = _pick(rng, options, temperature, top_p)
-            yield _join(previous, word)
+            word, words, weights = _pick(rng, options, temperature, top_p)
+            yield _join(previous, word), Scored(previous, words, weights)
             previous = word
             state = (state[1], word)
             if word in _SENTENCE_END:

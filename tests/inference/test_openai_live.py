@@ -167,9 +167,37 @@ def test_every_role_and_content_part_form_is_accepted(live, setup, openai_client
         temperature=0.2,
         top_p=0.9,
         user="user-1",
-        extra_body={"unknown_field": {"nested": True}, "logit_bias": {"1": 2}},
     )
     assert completion.choices[0].message.content
+
+
+@pytest.mark.parametrize(
+    ("extra", "param", "code"),
+    [
+        ({"frobnicate": True}, "frobnicate", "unknown_parameter"),
+        ({"max_tokens": True}, "max_tokens", "invalid_type"),
+        ({"stream": "yes"}, "stream", "invalid_type"),
+        ({"temperature": "1"}, "temperature", "invalid_type"),
+        ({"audio": {"voice": "alloy", "format": "wav"}}, "audio", "unsupported_parameter"),
+        ({"modalities": ["text", "audio"]}, "modalities", "unsupported_parameter"),
+        (
+            {"prediction": {"type": "content", "content": "x"}},
+            "prediction",
+            "unsupported_parameter",
+        ),
+        ({"logit_bias": {"1": 2}}, "logit_bias", "unsupported_parameter"),
+    ],
+)
+def test_unknown_mistyped_and_unsupported_parameters_are_400s(
+    live, setup, openai_client, extra, param, code
+):
+    with pytest.raises(openai.BadRequestError) as bad:
+        openai_client(setup).chat.completions.create(
+            model="nebula-7b", messages=HELLO, extra_body=extra
+        )
+    error = _error_body(bad.value)
+    assert (error["param"], error["code"], error["type"]) == (param, code, "invalid_request_error")
+    validate("ErrorResponse", bad.value.response.json())
 
 
 def test_models_list_and_retrieve_in_openais_format(live, alice, make_key, ready_model):

@@ -5,9 +5,13 @@ import re
 
 import pytest
 from drf_spectacular.validation import validate_schema
+from openapi_schema_validator import OAS31Validator
 
-from inference.schemas import ChatCompletionRequest
+from inference.engine import GenerationRequest, generate_all
+from inference.responses import chat_completion
+from inference.schemas import ChatCompletionRequest, parse_chat_request
 from inference.text_schemas import CompletionRequest
+from tests.support.openai_schema import validate
 
 pytestmark = pytest.mark.django_db
 
@@ -105,3 +109,91 @@ def test_the_docs_page_loads_nothing_from_a_cdn(client):
     assert all(url.startswith("/static/") for url in scripts), scripts
     for url in scripts:
         assert client.get(url).status_code == 200
+
+
+ACCEPTED_BODIES = [
+    {
+        "model": "m",
+        "messages": [{"role": "user", "content": "hi"}],
+        "logprobs": True,
+        "top_logprobs": 3,
+    },
+    {
+        "model": "m",
+        "messages": [{"role": "user", "content": "hi, in JSON"}],
+        "response_format": {"type": "json_object"},
+    },
+    {
+        "model": "m",
+        "messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}]}],
+        "response_format": {
+            "type": "json_schema",
+            "json_schema": {
+                "name": "x",
+                "strict": True,
+                "schema": {
+                    "type": "object",
+                    "properties": {"a": {"type": "string"}},
+                    "required": ["a"],
+                    "additionalProperties": False,
+                },
+            },
+        },
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        "safety_identifier": "u1",
+        "store": False,
+        "modalities": ["text"],
+    },
+]
+
+
+@pytest.mark.parametrize("body", ACCEPTED_BODIES)
+def test_what_nebula_accepts_is_an_openai_request(body):
+    """Nothing Nebula implements is its own invention: every body it takes is OpenAI's."""
+    parse_chat_request(json.dumps(body).encode())
+    validate("CreateChatCompletionRequest", body)
+
+
+def test_the_chat_request_schema_forbids_unknown_fields(schema):
+    described = schema["components"]["schemas"]["ChatCompletionRequest"]
+    assert described["additionalProperties"] is False
+    assert "response_format" in described["properties"] and "logprobs" in described["properties"]
+
+
+def _logprob_body():
+    generation = generate_all(
+        GenerationRequest(
+            model="m",
+            prompt_text="user: hi",
+            user_text="How do GPUs serve models?",
+            prompt_tokens=5,
+            context_length=4096,
+            seed=2,
+            max_tokens=30,
+            logprobs=True,
+            top_logprobs=4,
+        )
+    )
+    done = {
+        "r": "req_1",
+        "t": "done",
+        "seq": 1,
+        "usage": {"prompt_tokens": 5, "completion_tokens": 30, "total_tokens": 35},
+        "finish": generation.finish_reasons(),
+        "texts": generation.texts(),
+        "logprobs": generation.logprobs(),
+        "ttft_ms": 1.0,
+        "queue_ms": 1.0,
+    }
+    return chat_completion("req_1", "m", done)
+
+
+def test_a_completion_with_logprobs_is_what_both_schemas_describe(schema):
+    body = _logprob_body()
+    assert body["choices"][0]["logprobs"]["content"]
+    validate("CreateChatCompletionResponse", body)  # OpenAI's
+    ours = OAS31Validator(
+        {"$ref": "#/components/schemas/ChatCompletion", "components": schema["components"]}
+    )
+    ours.validate(body)

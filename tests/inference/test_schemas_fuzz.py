@@ -1,6 +1,7 @@
 """The chat request validator under hypothesis: whatever the bytes, it returns a request that
 the rest of the pipeline can carry (size checks, JSON for the job) or raises one OpenAI-style
-400 naming the problem. Never any other exception, which would be a 500."""
+400 naming the problem. Never any other exception, which would be a 500; and never a request
+that kept a field it does not know or a value it had to coerce."""
 
 from __future__ import annotations
 
@@ -16,7 +17,15 @@ from inference.services import _check_size
 from inference.toolcalls import tools_check
 from infra.errors import InvalidRequest
 
-CODES = {"invalid_json", "missing_required_parameter", "invalid_value", "invalid_type"}
+CODES = {
+    "invalid_json",
+    "missing_required_parameter",
+    "invalid_value",
+    "invalid_type",
+    "unknown_parameter",
+    "unsupported_parameter",
+    "invalid_json_schema",
+}
 SIZE_CODES = {"too_many_messages", "message_too_long", "unsupported_content"}
 TOOL_CODES = {
     "invalid_value",
@@ -114,6 +123,25 @@ fields = {
     "parallel_tool_calls": json_values,
     "functions": json_values | st.lists(functions, max_size=2),
     "function_call": json_values | st.sampled_from(["auto", "none"]),
+    "safety_identifier": json_values,
+    # OpenAI's parameters Nebula refuses unless they ask for nothing, and one nobody knows.
+    "store": json_values,
+    "modalities": json_values | st.just(["text"]),
+    "logit_bias": json_values,
+    "audio": json_values,
+    "frobnicate": json_values,
+    "logprobs": json_values,
+    "top_logprobs": json_values,
+    "response_format": json_values
+    | st.fixed_dictionaries(
+        {
+            "type": st.sampled_from(["text", "json_object", "json_schema", "?"]),
+            "json_schema": st.fixed_dictionaries(
+                {"name": st.sampled_from(["x", "bad name"]) | json_values},
+                optional={"schema": json_values, "strict": json_values},
+            ),
+        }
+    ),
 }
 requests = st.fixed_dictionaries(
     {"model": st.text(max_size=10) | json_values, "messages": st.lists(messages, max_size=4)},
@@ -137,6 +165,12 @@ def _carry(request: ChatCompletionRequest) -> None:
     assert tool_refusal is None or tool_refusal.code in TOOL_CODES, tool_refusal.body()
     # Every value must survive the trip to the worker as JSON.
     orjson.dumps(request.model_dump())
+    # Nothing was coerced: a number is a number, a flag a flag.
+    for name in ("max_tokens", "max_completion_tokens", "n", "seed", "min_tokens"):
+        value = getattr(request, name)
+        assert value is None or (isinstance(value, int) and not isinstance(value, bool))
+    for name in ("stream", "ignore_eos"):
+        assert getattr(request, name) in (None, True, False)
     assert request.token_limit is None or request.token_limit >= 1
     _ = request.stop_sequences, request.include_usage
 

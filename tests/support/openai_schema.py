@@ -46,3 +46,24 @@ def _validator(name: str) -> OAS31Validator:
 def validate(name: str, instance: Any) -> None:
     """Raise jsonschema.ValidationError if `instance` is not a valid `name`."""
     _validator(name).validate(instance)
+
+
+@cache
+def _raw_schemas() -> dict[str, Any]:
+    schemas: dict[str, Any] = json.loads(SPEC.read_text())["components"]["schemas"]
+    return schemas
+
+
+def spec_request_fields() -> set[str]:
+    """Every top-level field of OpenAI's CreateChatCompletionRequest, inherited ones included."""
+    fields: set[str] = set()
+
+    def collect(node: dict[str, Any]) -> None:
+        if "$ref" in node:
+            collect(_raw_schemas()[node["$ref"].rsplit("/", 1)[1]])
+        for part in node.get("allOf", []):
+            collect(part)
+        fields.update(node.get("properties", {}))
+
+    collect(_raw_schemas()["CreateChatCompletionRequest"])
+    return fields
