@@ -113,6 +113,7 @@ async def completion_submit(
                 code="context_length_exceeded",
             )
         room = model.context_length - prompt_tokens
+        ctx.worst_case_tokens = (prompt_tokens, n * (limit if limit is not None else room))
         reserve = prompt_tokens + n * (
             limit if limit is not None else min(room, DEFAULT_COMPLETION_RESERVE)
         )

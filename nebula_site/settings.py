@@ -144,6 +144,7 @@ INSTALLED_APPS = [
     "models_registry",
     "inference",
     "telemetry",
+    "billing",
     "dashboard",
 ]
 
