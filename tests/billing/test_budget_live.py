@@ -56,7 +56,9 @@ def test_two_hundred_concurrent_requests_spend_at_most_a_budget_that_allows_ten(
     error = refused[0].json()["error"]
     assert error["type"] == "insufficient_quota"
     assert error["code"] == "insufficient_quota"
-    assert "budget" in error["message"]
+    assert error["param"] is None
+    assert f"key {key.name} ({key.prefix}…)" in error["message"]
+    assert "is left, and this request could cost up to" in error["message"]
     ledger_flush()
     spent = sum(r.cost for r in UsageRecord.objects.filter(api_key=key, status=200))
     assert UsageRecord.objects.filter(api_key=key, status=200).count() == 11
