@@ -50,6 +50,21 @@ def price_snapshot(price: ModelPrice) -> dict[str, Any]:
     }
 
 
+def price_check(
+    *, model: str, prompt_per_million: object, completion_per_million: object
+) -> tuple[Decimal, Decimal]:
+    """The prices as exact decimals, or a 400 naming what is wrong (no write)."""
+    if not isinstance(model, str) or not MODEL_NAME_RE.match(model):
+        raise InvalidRequest("model must be a model name.", param="model")
+    prompt = _decimal(
+        prompt_per_million, param="prompt_per_million", places=PRICE_PLACES, most=MAX_PRICE
+    )
+    completion = _decimal(
+        completion_per_million, param="completion_per_million", places=PRICE_PLACES, most=MAX_PRICE
+    )
+    return prompt, completion
+
+
 @transaction.atomic
 def price_set(
     *,
@@ -62,13 +77,10 @@ def price_set(
     """A new price for `model` from `effective_from` (now by default) on; the history before it
     stays, so records already made keep what they cost. Operators only."""
     require_operator(actor)
-    if not isinstance(model, str) or not MODEL_NAME_RE.match(model):
-        raise InvalidRequest("model must be a model name.", param="model")
-    prompt = _decimal(
-        prompt_per_million, param="prompt_per_million", places=PRICE_PLACES, most=MAX_PRICE
-    )
-    completion = _decimal(
-        completion_per_million, param="completion_per_million", places=PRICE_PLACES, most=MAX_PRICE
+    prompt, completion = price_check(
+        model=model,
+        prompt_per_million=prompt_per_million,
+        completion_per_million=completion_per_million,
     )
     start = effective_from or timezone.now()
     if timezone.is_naive(start):
@@ -123,6 +135,15 @@ def _target(scope: str, target: Any) -> dict[str, Any]:
     raise InvalidRequest(f"A {scope} budget needs a {scope} to apply to.", param=scope)
 
 
+def budget_check(*, scope: str, amount: object, period: str) -> Decimal:
+    """The amount as an exact decimal, or a 400 naming what is wrong (no write)."""
+    if scope not in Scope.values:
+        raise InvalidRequest("scope must be key, user or team.", param="scope")
+    if period not in Period.values:
+        raise InvalidRequest("period must be day, month or total.", param="period")
+    return _decimal(amount, param="amount", places=10, most=MAX_AMOUNT)
+
+
 @transaction.atomic
 def budget_set(
     *, actor: Actor, scope: str, target: Any, amount: object, period: str = Period.MONTH
@@ -130,11 +151,7 @@ def budget_set(
     """Set the budget of a key, a user or a team (creating it, or replacing its amount and
     period). The spend already made counts: a new or changed budget applies to the current
     period's records as they are in the database (and in Redis, for an unchanged period)."""
-    if scope not in Scope.values:
-        raise InvalidRequest("scope must be key, user or team.", param="scope")
-    if period not in Period.values:
-        raise InvalidRequest("period must be day, month or total.", param="period")
-    clean = _decimal(amount, param="amount", places=10, most=MAX_AMOUNT)
+    clean = budget_check(scope=scope, amount=amount, period=period)
     where = _target(scope, target)
     existing = Budget.objects.select_for_update().filter(**where).first()
     authorize_budget_set(actor, scope=scope, key=where.get("api_key"), existing=existing)
