@@ -144,3 +144,11 @@ def price_at(model: str, when: datetime) -> Price:
     if row is None:
         return FREE
     return Price(row.prompt_per_million, row.completion_per_million)
+
+
+def current_prices() -> list[ModelPrice]:
+    """Each model's latest price (one set for later included: it shows until it starts)."""
+    latest: dict[str, ModelPrice] = {}
+    for price in ModelPrice.objects.order_by("model_name", "-effective_from"):
+        latest.setdefault(price.model_name, price)
+    return list(latest.values())
