@@ -305,8 +305,7 @@ class Completion:
         recorded = previous not in ("", "waiting")
         if not recorded:
             await self.ctx.record(status=status, error_code=code, finish_reason="error")
-            with contextlib.suppress(*REDIS_ERRORS):
-                await self._settle_budgets(0, 0)
+            await self._settle_budgets(0, 0)
         failure = WorkerFailed(message, code=code, recorded=True)
         if status != WorkerFailed.status:
             failure.status, failure.type = status, "invalid_request_error"
@@ -329,18 +328,19 @@ class Completion:
         previous = raw.decode() if isinstance(raw, bytes) else str(raw)
         if previous in ("", "waiting"):
             await self.ctx.record(status=499, error_code="client_gone", finish_reason="cancelled")
-            with contextlib.suppress(*REDIS_ERRORS):
-                await self._settle_budgets(0, 0)
+            await self._settle_budgets(0, 0)
 
     async def _settle_budgets(self, prompt_tokens: int, completion_tokens: int) -> None:
         """This side recorded the job: it settles the budgets' reservation to what the record
-        bills (nothing, for a job that never ran)."""
-        await budget_settle_async(
-            get_async_redis(),
-            request_id=self.ctx.request_id,
-            prompt_tokens=prompt_tokens,
-            completion=completion_tokens,
-        )
+        bills (nothing, for a job that never ran). Without Redis the reservation stays counted
+        until its period ends: too much, never too little."""
+        with contextlib.suppress(*REDIS_ERRORS):
+            await budget_settle_async(
+                get_async_redis(),
+                request_id=self.ctx.request_id,
+                prompt_tokens=prompt_tokens,
+                completion=completion_tokens,
+            )
 
     def close(self) -> None:
         """Stop listening; if the job is still going, cancel it in the background."""

@@ -347,13 +347,18 @@ class JobRun:
             )
 
     def settle_budgets(self, completion_tokens: int) -> None:
-        """The budgets' reservation becomes what the record bills (`billing.budgets`)."""
-        budget_settle(
-            self.client,
-            request_id=self.job["id"],
-            prompt_tokens=self.prompt_tokens,
-            completion=completion_tokens,
-        )
+        """The budgets' reservation becomes what the record bills (`billing.budgets`). The
+        record is written: should Redis fail now, the reservation stays counted until its
+        period ends (too much, never too little) rather than the job failing."""
+        try:
+            budget_settle(
+                self.client,
+                request_id=self.job["id"],
+                prompt_tokens=self.prompt_tokens,
+                completion=completion_tokens,
+            )
+        except REDIS_ERRORS:
+            logger.warning("job %s: could not settle its budget reservation", self.job["id"])
 
     def settle_orphan(self) -> None:
         """A redelivered job whose previous owner died with it (and whose web process did not
