@@ -1,6 +1,9 @@
 """Operators set prices and budgets in Django's admin, through the same services (and audit)."""
 
+from io import StringIO
+
 import pytest
+from django.core.management import CommandError, call_command
 
 from billing.models import Budget
 from models_registry.models import ModelPrice
@@ -57,3 +60,15 @@ def test_a_budget_added_in_the_admin_is_audited(admin_client, alice, make_key):
     assert AuditEvent.objects.filter(action="budget.set", actor__username="root").exists()
     listing = admin_client.get("/admin/billing/budget/").content.decode()
     assert "0 (0%)" in listing
+
+
+def test_management_commands_set_prices_and_budgets_through_the_services(alice, make_key):
+    out = StringIO()
+    call_command("setprice", "nebula-7b", "0.15", "0.6", stdout=out)
+    assert "nebula-7b: 0.15 per million prompt tokens" in out.getvalue()
+    key, _ = make_key(alice)
+    call_command("setbudget", "25", "--key", str(key.pk), "--period", "day", stdout=out)
+    assert Budget.objects.get(api_key=key).amount == 25
+    assert AuditEvent.objects.filter(action="budget.set", actor_label="system").exists()
+    with pytest.raises(CommandError, match="at most 4 decimals"):
+        call_command("setprice", "nebula-7b", "0.123456", "1")
