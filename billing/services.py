@@ -160,7 +160,15 @@ def budget_set(
     budget.amount, budget.period = clean, period
     budget.operator_set = actor.is_operator
     budget.updated_at = timezone.now()
-    budget.save()
+    try:
+        with transaction.atomic():
+            budget.save()
+    except IntegrityError:
+        # Another request created this target's budget at the same moment.
+        raise Conflict(
+            f"The budget of {budget.target_label} was just set by someone else; try again.",
+            code="budget_exists",
+        ) from None
     after = budget_snapshot(budget)
     if after != before:
         audit_by(

@@ -45,12 +45,12 @@ def spend_report(records: QuerySet[UsageRecord]) -> dict[str, Any]:
             "key": {
                 "id": row["api_key"],
                 "name": row["api_key__name"],
-                "prefix": row["key_prefix"],
+                "prefix": row["api_key__prefix"],
             },
             "cost": row["cost"],
             "requests": row["requests"],
         }
-        for row in grouped("api_key", "api_key__name", "key_prefix")
+        for row in grouped("api_key", "api_key__name", "api_key__prefix")
         if row["api_key"] is not None
     ]
     users = [
