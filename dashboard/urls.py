@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from django.urls import path
 
-from dashboard import views
+from dashboard import billing_views, views
 
 urlpatterns = [
     path("", views.overview, name="dashboard-overview"),
@@ -24,4 +24,8 @@ urlpatterns = [
     path("models/<str:name>/undeploy/", views.model_undeploy, name="dashboard-model-undeploy"),
     path("chat/", views.chat, name="dashboard-chat"),
     path("usage/", views.usage, name="dashboard-usage"),
+    path("billing/", billing_views.billing, name="dashboard-billing"),
+    path("billing/prices/", billing_views.price_add, name="dashboard-price-add"),
+    path("billing/budgets/", billing_views.budget_add, name="dashboard-budget-add"),
+    path("keys/<int:key_id>/budget/", billing_views.key_budget, name="dashboard-key-budget"),
 ]

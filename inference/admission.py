@@ -3,23 +3,27 @@
 The script (1) confirms that the caches the caller answered from are current (the epoch, see
 `infra.epoch`), (2) checks that a worker is alive when the request needs one (or that Redis
 restarted too recently for their heartbeats to be back), (3) charges the key's rate limits
-(GCRA, see `keys.ratelimit`), and (4) enqueues the job, all or nothing: a request is never
-queued without being charged, nor charged for a job that was not queued.
+(GCRA, see `keys.ratelimit`) and the budgets that apply (their worst-case reservation, see
+`billing.lua`), and (4) enqueues the job, all or nothing: a request is never queued without
+being charged, nor charged for a job that was not queued.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 import redis.asyncio as aioredis
 
+from billing import lua as budget_lua
 from infra.epoch import EPOCH_KEY
 from infra.lua import NOW_MS, LuaScript
 from keys.ratelimit import format_duration, rpm_key, tpm_key
 
-# KEYS: epoch, rpm TAT, tpm TAT, workers zset, queue list
-# ARGV: expected epoch, rpm, tpm (0 = none), token cost, worker ttl ms (0 = no check), message
+# KEYS: epoch, rpm TAT, tpm TAT, workers zset, queue list, then the budgets' (billing.lua)
+# ARGV: expected epoch, rpm, tpm (0 = none), token cost, worker ttl ms (0 = no check), message,
+# then the budgets'
 _ADMIT = LuaScript(
     NOW_MS
     + """
@@ -55,8 +59,19 @@ if tpm > 0 then
   t_new = t_tat + tonumber(ARGV[4]) * t_interval
   if (t_new - now) > period then ok = false end
 end
+"""
+    + budget_lua.CHECK
+    + """
 local r_retry, t_retry = 0, 0
-if ok then
+if over > 0 then
+  -- Over budget: refused, but the request still counts against the request rate limit, as
+  -- every refusal of a known key does (inference.gateway).
+  redis.call('SET', KEYS[2], tostring(r_new), 'PX', math.ceil(r_new - now) + 1000)
+  r_tat = r_new
+end
+if ok then"""
+    + budget_lua.CHARGE
+    + """
   redis.call('SET', KEYS[2], tostring(r_new), 'PX', math.ceil(r_new - now) + 1000)
   if tpm > 0 then
     redis.call('SET', KEYS[3], tostring(t_new), 'PX', math.ceil(t_new - now) + 1000)
@@ -70,16 +85,17 @@ end
 local r_remaining = math.floor((period - (r_tat - now)) / r_interval)
 local t_remaining = 0
 if tpm > 0 then t_remaining = math.floor((period - (t_tat - now)) / t_interval) end
-return {ok and 'ok' or 'limited', epoch, r_remaining, math.ceil(r_tat - now),
+local status = ok and 'ok' or (over > 0 and 'over_budget' or 'limited')
+return {status, epoch, r_remaining, math.ceil(r_tat - now),
         math.ceil(math.max(r_retry, t_retry)), t_remaining, math.ceil(t_tat - now), now,
-        math.ceil(r_retry), math.ceil(t_retry)}
+        math.ceil(r_retry), math.ceil(t_retry), over, string.format('%.0f', over_spent)}
 """
 )
 
 
 @dataclass(frozen=True, slots=True)
 class Admission:
-    status: str  # ok, limited, stale, no_workers
+    status: str  # ok, limited, over_budget, budget_cold, stale, no_workers
     epoch: str
     rpm_limit: int = 0
     rpm_remaining: int = 0
@@ -93,6 +109,11 @@ class Admission:
     # limit was not what refused it).
     rpm_retry_ms: int = 0
     tpm_retry_ms: int = 0
+    # over_budget: which budget refused (1-based, as passed) and what it had spent; budget_cold:
+    # the budgets whose spend Redis does not know (billing.budgets.budgets_warm).
+    budget_index: int = 0
+    budget_spent: int = 0
+    budgets_cold: tuple[int, ...] = ()
 
     @property
     def admitted(self) -> bool:
@@ -112,7 +133,7 @@ class Admission:
         )
 
     def headers(self) -> dict[str, str]:
-        if self.status not in ("ok", "limited"):
+        if self.status not in ("ok", "limited", "over_budget"):
             return {}
         reset_at = math.ceil((self.now_ms + self.rpm_reset_ms) / 1000)
         headers = {
@@ -144,16 +165,26 @@ async def admit(
     workers_key: str = "",
     queue: str = "",
     message: bytes = b"",
+    budget_keys: Sequence[str] = (),
+    budget_args: Sequence[int] = (),
 ) -> Admission:
     result = await _ADMIT.acall(
         client,
-        [EPOCH_KEY, rpm_key(key_id), tpm_key(key_id), workers_key or "-", queue or "-"],
-        [expected_epoch or "", rpm_limit, tpm_limit or 0, token_cost, worker_ttl_ms, message],
+        [
+            *(EPOCH_KEY, rpm_key(key_id), tpm_key(key_id), workers_key or "-", queue or "-"),
+            *budget_keys,
+        ],
+        [
+            *(expected_epoch or "", rpm_limit, tpm_limit or 0, token_cost, worker_ttl_ms, message),
+            *budget_args,
+        ],
     )
     status = result[0].decode()
     epoch = result[1].decode()
     if status in ("stale", "no_workers"):
         return Admission(status=status, epoch=epoch)
+    if status == "budget_cold":
+        return Admission(status=status, epoch=epoch, budgets_cold=tuple(map(int, result[2:])))
     return Admission(
         status=status,
         epoch=epoch,
@@ -167,6 +198,8 @@ async def admit(
         now_ms=int(result[7]),
         rpm_retry_ms=int(result[8]),
         tpm_retry_ms=int(result[9]),
+        budget_index=int(result[10]),
+        budget_spent=int(result[11]),
     )
 
 

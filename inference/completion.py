@@ -17,6 +17,7 @@ from typing import Any, NoReturn
 
 from django.conf import settings
 
+from billing.budgets import budget_settle_async
 from inference.gateway import Admitted, Caller, RequestContext, gateway_authenticate
 from inference.heartbeats import WORKERS_KEY
 from inference.hub import ReplyHub
@@ -218,6 +219,7 @@ class Completion:
             # or all of them busy.
             if await ABANDON.acall(client, [job_key(self.ctx.request_id)], [JOB_TTL_SECONDS]):
                 self.finished = True
+                await self._settle_budgets(0, 0)
                 if not live:
                     raise ServiceUnavailable(
                         f"No inference worker was running for {settings.NEBULA_QUEUE_TIMEOUT:g} "
@@ -287,6 +289,7 @@ class Completion:
                 prompt_tokens=self.payload["prompt_tokens"],
                 completion_tokens=int(made),
             )
+            await self._settle_budgets(self.payload["prompt_tokens"], int(made))
             raise WorkerFailed(
                 "The worker running this request stopped. Retry the request.",
                 code="worker_lost",
@@ -311,6 +314,7 @@ class Completion:
         recorded = previous not in ("", "waiting")
         if not recorded:
             await self.ctx.record(status=status, error_code=code, finish_reason="error")
+            await self._settle_budgets(0, 0)
         failure = WorkerFailed(message, code=code, recorded=True)
         if status != WorkerFailed.status:
             failure.status, failure.type = status, "invalid_request_error"
@@ -333,6 +337,19 @@ class Completion:
         previous = raw.decode() if isinstance(raw, bytes) else str(raw)
         if previous in ("", "waiting"):
             await self.ctx.record(status=499, error_code="client_gone", finish_reason="cancelled")
+            await self._settle_budgets(0, 0)
+
+    async def _settle_budgets(self, prompt_tokens: int, completion_tokens: int) -> None:
+        """This side recorded the job: it settles the budgets' reservation to what the record
+        bills (nothing, for a job that never ran). Without Redis the reservation stays counted
+        until its period ends: too much, never too little."""
+        with contextlib.suppress(*REDIS_ERRORS):
+            await budget_settle_async(
+                get_async_redis(),
+                request_id=self.ctx.request_id,
+                prompt_tokens=prompt_tokens,
+                completion=completion_tokens,
+            )
 
     def close(self) -> None:
         """Stop listening; if the job is still going, cancel it in the background."""

@@ -23,6 +23,7 @@ from typing import Any
 
 from django.conf import settings
 
+from billing.budgets import BudgetCharge, budget_charge, budget_refusal, budgets_warm
 from inference.admission import Admission, address_charge, admit
 from inference.heartbeats import WORKERS_KEY
 from inference.jobs import QUEUE
@@ -64,6 +65,9 @@ class RequestContext:
     model: str = ""
     # The admission script charged the key for this request (so a refusal need not again).
     charged: bool = False
+    # What the job may cost at worst, for budgets: (prompt tokens, the most completion tokens
+    # of all its choices). Set by the job builder; without it, budgets price the token cost.
+    worst_case_tokens: tuple[int, int] | None = None
 
     async def record(
         self,
@@ -324,6 +328,7 @@ async def gateway_admit(
                 model = catalog.get(model_name)
                 refusal = _model_refusal(key, model_name, model)
             message, cost = b"", 0
+            charge: BudgetCharge | None = None
             if refusal is None and build_job is not None and model is not None:
                 message, cost = build_job(key, model)
                 if key.tpm_limit and cost > key.tpm_limit:
@@ -335,6 +340,13 @@ async def gateway_admit(
                     )
                     too_large.type = "tokens"
                     raise too_large
+                charge = await budget_charge(
+                    request_id=ctx.request_id,
+                    key_id=key.id,
+                    model=model.name,
+                    worst_case_tokens=ctx.worst_case_tokens,
+                    token_cost=cost,
+                )
             admission = await admit(
                 client,
                 key_id=key.id,
@@ -346,11 +358,16 @@ async def gateway_admit(
                 workers_key=WORKERS_KEY,
                 queue=QUEUE,
                 message=message,
+                budget_keys=charge.script_keys() if charge else (),
+                budget_args=charge.script_args() if charge else (),
             )
             if admission.status == "stale":
                 observe_epoch(admission.epoch)
                 continue
-            if admission.status in ("ok", "limited"):
+            if admission.status == "budget_cold" and charge is not None:
+                await budgets_warm(client, charge, list(admission.budgets_cold))
+                continue
+            if admission.status in ("ok", "limited", "over_budget"):
                 ctx.charged = True
             if admission.status == "no_workers":
                 raise ServiceUnavailable(
@@ -360,6 +377,12 @@ async def gateway_admit(
                 if admission.rpm_retry_ms > 0:
                     _limited_keys.put(key.id, (time.monotonic(), admission), epoch=key_epoch)
                 raise _rate_limited(key, admission, cost=cost)
+            if admission.status == "over_budget" and charge is not None:
+                over = budget_refusal(
+                    charge, index=admission.budget_index, spent_units=admission.budget_spent
+                )
+                over.headers.update(admission.headers())
+                raise over
             if refusal is not None:
                 refusal.headers.update(admission.headers())
                 raise refusal

@@ -12,6 +12,7 @@ import orjson
 import redis
 from django.conf import settings
 
+from billing.budgets import budget_settle
 from inference.backends.openai_compatible import (
     Delta,
     UpstreamFailure,
@@ -300,7 +301,7 @@ class JobRun:
 
     def finish(self, outcome: Outcome) -> None:
         job = self.job
-        FINISH(
+        finished = FINISH(
             self.client,
             [self.key, slots_key(job["model"]["name"]), STREAM],
             [
@@ -315,6 +316,8 @@ class JobRun:
             ],
         )
         self.settle_tokens(outcome.completion_tokens)
+        if finished >= 0:  # this run wrote the record: it settles the budgets, once
+            self.settle_budgets(outcome.completion_tokens)
 
     def end(self, outcome: Outcome) -> None:
         """Finish the job; if Redis fails under the finish, salvage it (and let the task see
@@ -354,6 +357,20 @@ class JobRun:
                 used=self.prompt_tokens + completion_tokens,
             )
 
+    def settle_budgets(self, completion_tokens: int) -> None:
+        """The budgets' reservation becomes what the record bills (`billing.budgets`). The
+        record is written: should Redis fail now, the reservation stays counted until its
+        period ends (too much, never too little) rather than the job failing."""
+        try:
+            budget_settle(
+                self.client,
+                request_id=self.job["id"],
+                prompt_tokens=self.prompt_tokens,
+                completion=completion_tokens,
+            )
+        except REDIS_ERRORS:
+            logger.warning("job %s: could not settle its budget reservation", self.job["id"])
+
     def settle_orphan(self) -> None:
         """A redelivered job whose previous owner died with it (and whose web process did not
         take it over: it is gone too): free its slot and record it once, with the tokens the
@@ -392,6 +409,7 @@ class JobRun:
         if settled:
             logger.warning("job %s was lost with its worker; recorded it", job["id"])
             self.settle_tokens(tokens)
+            self.settle_budgets(tokens)
 
 
 def _tool_spec(job: JobPayload) -> ToolSpec | None:

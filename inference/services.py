@@ -238,6 +238,7 @@ async def _job_submit(
                 code="unsupported_endpoint",
             )
         room = model.context_length - context_tokens
+        ctx.worst_case_tokens = (prompt_tokens, n * (limit if limit is not None else room))
         reserve = prompt_tokens + n * (
             limit if limit is not None else min(room, DEFAULT_COMPLETION_RESERVE)
         )

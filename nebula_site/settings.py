@@ -97,6 +97,8 @@ NEBULA_MAX_MESSAGES = env.int("NEBULA_MAX_MESSAGES", 256, validate=POSITIVE)
 NEBULA_MAX_MESSAGE_CHARS = env.int("NEBULA_MAX_MESSAGE_CHARS", 200_000, validate=POSITIVE)
 # One body limit for every endpoint (daphne enforces it as bytes arrive: infra.http_server).
 DATA_UPLOAD_MAX_MEMORY_SIZE = NEBULA_MAX_BODY_BYTES
+# A budget past this share of its amount (percent) is flagged on the dashboard and in /budgets.
+NEBULA_BUDGET_ALERT_PERCENT = env.float("NEBULA_BUDGET_ALERT_PERCENT", 80.0, validate=POSITIVE)
 # The benchmark's trivial baseline view (/bench/baseline); off unless `make bench` turns it on.
 NEBULA_BENCH_BASELINE = env.bool("NEBULA_BENCH_BASELINE", False)
 # --- Upstream engines (deployments with the openai-compatible backend) -------------------------
@@ -147,6 +149,7 @@ INSTALLED_APPS = [
     "models_registry",
     "inference",
     "telemetry",
+    "billing",
     "dashboard",
 ]
 

@@ -29,6 +29,7 @@ urlpatterns = [
     path("", include("keys.urls")),
     path("", include("models_registry.urls")),
     path("", include("telemetry.urls")),
+    path("", include("billing.urls")),
     path("admin/", admin.site.urls),
     path("", RedirectView.as_view(pattern_name="dashboard-overview"), name="home"),
     path("dashboard/", include("dashboard.urls")),
@@ -47,7 +48,7 @@ if settings.NEBULA_BENCH_BASELINE:
 
 _API_PREFIXES = (
     *("/v1/", "/apikeys", "/models", "/metrics", "/health", "/api/", "/bench/"),
-    *("/teams", "/audit"),
+    *("/teams", "/audit", "/prices", "/budgets"),
 )
 
 

@@ -22,10 +22,11 @@ import orjson
 import redis
 from django.db import DataError, IntegrityError, close_old_connections, transaction
 
+from billing.prices import price_table_for_ledger
 from infra.db import run_db
 from infra.errors import DATABASE_ERRORS
 from infra.events import OVERVIEW_GROUP, OverviewEventPayload, broadcast
-from infra.redis_client import REDIS_ERRORS, get_async_redis, new_sync_connection
+from infra.redis_client import REDIS_ERRORS, get_async_redis, get_redis, new_sync_connection
 from keys.models import ApiKey
 from keys.services import keys_touch_last_used
 from telemetry.events import STREAM, UsageEvent, encode
@@ -82,6 +83,8 @@ def usage_write_batch(events: list[UsageEvent], *, redis_up: bool = True) -> int
     # A key deleted since (with its owner) keeps its records, without the link.
     key_ids = {event["key_id"] for event in events if event["key_id"] is not None}
     known = set(ApiKey.objects.filter(pk__in=key_ids).values_list("pk", flat=True))
+    # Each record's cost, once, at the price in effect when it was made (billing.prices).
+    prices = price_table_for_ledger(get_redis() if redis_up else None)
     rows = [
         UsageRecord(
             request_id=event["request_id"],
@@ -101,6 +104,12 @@ def usage_write_batch(events: list[UsageEvent], *, redis_up: bool = True) -> int
             ttft_ms=event["ttft_ms"],
             latency_ms=event["latency_ms"],
             created_at=datetime.fromtimestamp(event["created_at"], tz=UTC),
+            cost=prices.cost(
+                event["model"],
+                event["created_at"],
+                event["prompt_tokens"],
+                event["completion_tokens"],
+            ),
         )
         for event in events
     ]

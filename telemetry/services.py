@@ -10,6 +10,7 @@ from django.db.models import Count, Q, QuerySet, Sum
 from django.db.models.functions import TruncHour, TruncMinute
 from django.utils import timezone
 
+from billing.spend import spend_report
 from infra.errors import InvalidRequest
 from keys.access import Actor, keys_visible_to
 from keys.models import ApiKey
@@ -271,6 +272,8 @@ def usage_report(
         "totals": {**_aggregate(records, tallies), "models": _by_model(records, tallies)},
         "series": _series(series_records, time_range.until, series_tallies),
         "keys": report_keys,
+        # What the range cost, per key, user, team and model (billing.spend).
+        "spend": spend_report(records),
     }
 
 

@@ -54,6 +54,10 @@ def test_it_describes_every_endpoint_including_the_openai_ones(schema):
         "/metrics",
         "/metrics/prometheus",
         "/health",
+        "/prices",
+        "/models/{name}/prices",
+        "/budgets",
+        "/budgets/{budget_id}",
     }
 
 
