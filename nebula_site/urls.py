@@ -46,7 +46,7 @@ if settings.NEBULA_BENCH_BASELINE:
 
 _API_PREFIXES = (
     *("/v1/", "/apikeys", "/models", "/metrics", "/health", "/api/", "/bench/"),
-    *("/teams", "/audit"),
+    *("/teams", "/audit", "/requests"),
 )
 
 

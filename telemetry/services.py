@@ -29,8 +29,8 @@ class TimeRange:
     @classmethod
     def parse(cls, since: str | None, until: str | None, window: str | None = None) -> TimeRange:
         """`since`/`until` as ISO 8601 or Unix seconds; `window` like `15m`, `24h`, `7d`."""
-        end = _parse_time(until, "until") if until else timezone.now()
-        start = _parse_time(since, "since") if since else end - _parse_window(window or "24h")
+        end = parse_time(until, "until") if until else timezone.now()
+        start = parse_time(since, "since") if since else end - _parse_window(window or "24h")
         if start >= end:
             raise InvalidRequest("'since' must be before 'until'.", param="since")
         if end - start > MAX_RANGE:
@@ -38,7 +38,7 @@ class TimeRange:
         return cls(since=start, until=end)
 
 
-def _parse_time(text: str, param: str) -> datetime:
+def parse_time(text: str, param: str) -> datetime:
     try:
         if text.replace(".", "", 1).isdigit():
             return datetime.fromtimestamp(float(text), tz=UTC)
