@@ -43,6 +43,8 @@ def test_it_describes_every_endpoint_including_the_openai_ones(schema):
         "/teams/{team_id}/members",
         "/teams/{team_id}/members/{username}",
         "/audit",
+        "/requests",
+        "/requests.csv",
         "/models",
         "/models/{name}",
         "/metrics",
@@ -90,3 +92,11 @@ def test_the_docs_page_loads_nothing_from_a_cdn(client):
     assert all(url.startswith("/static/") for url in scripts), scripts
     for url in scripts:
         assert client.get(url).status_code == 200
+
+
+def test_the_request_log_is_described_with_its_filters_and_csv(schema):
+    listing = schema["paths"]["/requests"]["get"]
+    names = {parameter["name"] for parameter in listing["parameters"]}
+    assert {"key", "model", "status", "since", "until", "cursor", "limit"} <= names
+    export = schema["paths"]["/requests.csv"]["get"]
+    assert set(export["responses"]["200"]["content"]) == {"text/csv"}
