@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from django.urls import path
 
-from dashboard import views
+from dashboard import request_views, views
 
 urlpatterns = [
     path("", views.overview, name="dashboard-overview"),
@@ -24,4 +24,5 @@ urlpatterns = [
     path("models/<str:name>/undeploy/", views.model_undeploy, name="dashboard-model-undeploy"),
     path("chat/", views.chat, name="dashboard-chat"),
     path("usage/", views.usage, name="dashboard-usage"),
+    path("requests/", request_views.requests_log, name="dashboard-requests"),
 ]
