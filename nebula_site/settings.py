@@ -124,6 +124,13 @@ NEBULA_WORKER_PROBER = env.bool("NEBULA_WORKER_PROBER", True)
 NEBULA_USAGE_RETENTION_DAYS = env.int(
     "NEBULA_USAGE_RETENTION_DAYS", 30, validate=validate.Range(min=0, max=36500)
 )
+# The overview calls the service degraded when, over the last five minutes, at least
+# NEBULA_DEGRADED_MIN_5XX answers and NEBULA_DEGRADED_5XX_RATE of all were server errors (5xx);
+# client errors (4xx) never count.
+NEBULA_DEGRADED_5XX_RATE = env.float(
+    "NEBULA_DEGRADED_5XX_RATE", 0.05, validate=validate.Range(min=0, max=1, min_inclusive=False)
+)
+NEBULA_DEGRADED_MIN_5XX = env.int("NEBULA_DEGRADED_MIN_5XX", 5, validate=POSITIVE)
 NEBULA_USAGE_ROLLUP_SECONDS = env.int("NEBULA_USAGE_ROLLUP_SECONDS", 3600, validate=POSITIVE)
 # Where `bin/run` seeds the demo operator and user.
 NEBULA_OPERATOR_USERNAME = env.str("NEBULA_OPERATOR_USERNAME", "operator")

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
+from django.conf import settings
 from django.db.models import Count, Q, QuerySet, Sum
 from django.db.models.functions import TruncHour, TruncMinute
 from django.utils import timezone
@@ -426,7 +427,11 @@ def usage_timeline(
         {"start": (first + bucket * i).isoformat(), "requests": r, "errors": e, "tokens": t}
         for i, (r, e, t) in enumerate(sums)
     ]
-    return {"bucket_seconds": int(bucket.total_seconds()), "points": points}
+    return {
+        "bucket_seconds": int(bucket.total_seconds()),
+        "span_seconds": int(span.total_seconds()),
+        "points": points,
+    }
 
 
 def usage_models(*, actor: Actor) -> list[str]:
@@ -434,6 +439,28 @@ def usage_models(*, actor: Actor) -> list[str]:
     names = records_visible_to(actor).exclude(model="").values_list("model", flat=True)
     rolled = days_visible_to(actor).exclude(model="").values_list("model", flat=True)
     return sorted(set(names.distinct()) | set(rolled.distinct()))
+
+
+def server_errors_recent(now: datetime) -> tuple[int, int]:
+    """(5xx answers, all answers) of the whole service in the last RATE_WINDOW: what says
+    whether it is degraded, whoever asks. Client errors (4xx: bad requests, limits, clients
+    that went away) are the clients' doing and never make the service look broken."""
+    counts = UsageRecord.objects.filter(
+        created_at__gte=now - RATE_WINDOW, created_at__lt=now
+    ).aggregate(requests=Count("id"), server=Count("id", filter=Q(status__gte=500)))
+    return counts["server"], counts["requests"]
+
+
+def _degraded_by_errors(now: datetime, *, operator: bool) -> str | None:
+    """Why the service counts as degraded by its own errors, or None when it does not."""
+    server, requests = server_errors_recent(now)
+    if server < settings.NEBULA_DEGRADED_MIN_5XX or not requests:
+        return None
+    share = server / requests
+    if share < settings.NEBULA_DEGRADED_5XX_RATE:
+        return None
+    minutes = round(RATE_WINDOW.total_seconds() / 60)
+    return f"server errors ({share:.0%} in {minutes} min)" if operator else "server errors"
 
 
 def overview_report(*, actor: Actor) -> dict[str, Any]:
@@ -446,6 +473,10 @@ def overview_report(*, actor: Actor) -> dict[str, Any]:
     hour = visible.filter(created_at__gte=now - OVERVIEW_WINDOW, created_at__lt=now)
     totals = _aggregate(hour)
     errors = sum(totals["errors"].values())
+    server_errors = sum(n for status, n in totals["errors"].items() if int(status) >= 500)
+    client_errors = errors - server_errors
+    degraded = _degraded_by_errors(now, operator=operator)
+    failing = [*health["failing"], *([degraded] if degraded else [])]
     recent = hour.filter(created_at__gte=now - RATE_WINDOW).aggregate(
         requests=Count("id"), prompt=Sum("prompt_tokens"), completion=Sum("completion_tokens")
     )
@@ -455,9 +486,9 @@ def overview_report(*, actor: Actor) -> dict[str, Any]:
     return {
         "generated_at": now.isoformat(),
         "health": {
-            "ok": healthy,
-            "status": health["status"],
-            "failing": health["failing"],
+            "ok": healthy and degraded is None,
+            "status": health["status"] if not healthy or degraded is None else "degraded",
+            "failing": failing,
             "uptime_seconds": health["uptime_seconds"],
             "version": health["version"],
             "mode": health["mode"],
@@ -478,6 +509,10 @@ def overview_report(*, actor: Actor) -> dict[str, Any]:
             "tokens": totals["total_tokens"],
             "errors": errors,
             "error_rate": errors / totals["requests"] if totals["requests"] else 0.0,
+            "client_errors": client_errors,
+            "server_errors": server_errors,
+            "client_error_rate": client_errors / totals["requests"] if totals["requests"] else 0.0,
+            "server_error_rate": server_errors / totals["requests"] if totals["requests"] else 0.0,
             "requests_per_minute": round(recent["requests"] / minutes, 2),
             "tokens_per_minute": round(
                 ((recent["prompt"] or 0) + (recent["completion"] or 0)) / minutes, 1

@@ -7,12 +7,13 @@
   if (!data || !container) return;
   const timeline = JSON.parse(data.textContent);
   const daily = timeline.bucket_seconds >= 86400;
+  // Past 24 hours a time alone is ambiguous (which day's 14:00?): the axis shows the date.
+  const multiDay = timeline.span_seconds > 86400;
   const label = (p) => {
     const date = new Date(p.start);
-    if (daily) return date.toLocaleDateString([], { month: "short", day: "numeric" });
-    if (timeline.bucket_seconds >= 3600) {
-      return date.toLocaleDateString([], { month: "short", day: "numeric" }) + " " + fmt.clock(p.start);
-    }
+    const day = date.toLocaleDateString([], { month: "short", day: "numeric" });
+    if (daily) return day;
+    if (multiDay) return day + " " + fmt.clock(p.start);
     return fmt.clock(p.start);
   };
   charts.bars(container, timeline.points, {
