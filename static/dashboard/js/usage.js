@@ -16,16 +16,23 @@
     if (multiDay) return day + " " + fmt.clock(p.start);
     return fmt.clock(p.start);
   };
+  // The axis of a range of days names the days (the bars' tooltips give the time too).
+  const axisLabel = (p) =>
+    timeline.span_seconds >= 2 * 86400
+      ? new Date(p.start).toLocaleDateString([], { month: "short", day: "numeric" })
+      : label(p);
   charts.bars(container, timeline.points, {
     value: (p) => p.requests,
     part: (p) => p.errors,
     label,
+    axisLabel,
     tooltip: (p) => `${label(p)} · ${p.requests} requests, ${p.errors} errors`,
   });
   charts.bars($('[data-chart="tokens"]'), timeline.points, {
     value: (p) => p.tokens,
     barClass: "bar-tokens",
     label,
+    axisLabel,
     tooltip: (p) => `${label(p)} · ${fmt.compact(p.tokens)} tokens`,
   });
 })();
