@@ -8,8 +8,9 @@ are what they were; what a day loses is the single request (the request log, lat
 percentiles), which is what retention means.
 
 Running twice at once (two beats by mistake, or the command during the task) cannot count a
-record twice: a batch is locked (PostgreSQL), and the transaction is rolled back unless it
-deleted every record it counted.
+record twice: a batch's records are locked (PostgreSQL; SQLite has one writer at a time), so a
+second rollup waits for the first and then finds them gone, and a transaction is rolled back
+(and the batch retried) unless it deleted every record it counted.
 """
 
 from __future__ import annotations
@@ -70,7 +71,10 @@ def rollup_cutoff(*, now: datetime | None = None, days: int | None = None) -> da
 
 
 def _add(groups: dict[_Group, _Sums]) -> None:
-    for (day, key_id, prefix, model, status), sums in groups.items():
+    # In one order, whoever runs: two rollups locking the same daily rows cannot deadlock.
+    for (day, key_id, prefix, model, status), sums in sorted(
+        groups.items(), key=lambda item: repr(item[0])
+    ):
         row = (
             UsageDaily.objects.select_for_update()
             .filter(day=day, api_key_id=key_id, key_prefix=prefix, model=model, status=status)

@@ -4,13 +4,14 @@ deleted, and every report counts the same requests, tokens, errors and cost as b
 from __future__ import annotations
 
 import copy
+import threading
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
 import pytest
 from django.core.management import call_command
-from django.db import transaction
+from django.db import connection, connections, transaction
 from django.db.models import Sum
 from django.utils import timezone
 
@@ -220,3 +221,34 @@ def test_the_command_runs_the_rollup(history, capsys):
     call_command("rollup_usage")
     assert "Rolled up" in capsys.readouterr().out
     assert UsageDaily.objects.exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_rollups_at_once_count_each_record_once(history, operator):
+    """Two beats by mistake, or the command during the task: every record in one day's row."""
+    if connection.vendor != "postgresql":
+        pytest.skip("SQLite runs one writer at a time: nothing to race (CI's PostgreSQL run)")
+    cutoff = rollup_cutoff()
+    rolled = UsageRecord.objects.filter(created_at__lt=cutoff).count()
+    tallied = RefusalTally.objects.filter(minute__lt=cutoff).aggregate(n=Sum("count"))["n"]
+    before = _without_percentiles(usage_report(actor=SYSTEM, time_range=_range()))
+    start = threading.Barrier(3)
+    errors: list[BaseException] = []
+
+    def rollup() -> None:
+        try:
+            start.wait()
+            usage_rollup(batch=10)
+        except BaseException as error:
+            errors.append(error)
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=rollup) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert not errors
+    assert UsageDaily.objects.aggregate(n=Sum("requests"))["n"] == rolled + tallied
+    assert _without_percentiles(usage_report(actor=SYSTEM, time_range=_range())) == before
