@@ -16,13 +16,14 @@ second rollup waits for the first and then finds them gone, and a transaction is
 from __future__ import annotations
 
 import logging
+import threading
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 from django.conf import settings
-from django.db import transaction
+from django.db import close_old_connections, transaction
 from django.db.models import F
 from django.utils import timezone
 
@@ -181,3 +182,23 @@ def usage_rollup(*, now: datetime | None = None, batch: int = BATCH) -> RollupRe
             cutoff.date(),
         )
     return RollupResult(records=totals["records"], tallies=totals["tallies"], cutoff=cutoff)
+
+
+def rollup_thread_start(*, interval: float | None = None) -> threading.Event:
+    """The standalone layout's beat (no Redis, no Celery): a thread in the web process that
+    rolls up every NEBULA_USAGE_ROLLUP_SECONDS, the first time one interval after start, as
+    beat does. Set the returned event to stop it."""
+    every = float(settings.NEBULA_USAGE_ROLLUP_SECONDS) if interval is None else interval
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.wait(every):
+            try:
+                usage_rollup()
+            except Exception:  # the next round tries again; the web process serves on
+                logger.exception("usage rollup failed")
+            finally:
+                close_old_connections()
+
+    threading.Thread(target=loop, name="nebula-usage-rollup", daemon=True).start()
+    return stop

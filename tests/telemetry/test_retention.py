@@ -18,7 +18,7 @@ from django.utils import timezone
 from keys.access import SYSTEM, actor_for_user
 from keys.services import team_create, team_member_add
 from telemetry.models import RefusalTally, UsageDaily, UsageRecord
-from telemetry.retention import rollup_cutoff, usage_rollup
+from telemetry.retention import rollup_cutoff, rollup_thread_start, usage_rollup
 from telemetry.services import TimeRange, usage_models, usage_report, usage_timeline
 
 pytestmark = pytest.mark.django_db
@@ -252,3 +252,13 @@ def test_two_rollups_at_once_count_each_record_once(history, operator):
     assert not errors
     assert UsageDaily.objects.aggregate(n=Sum("requests"))["n"] == rolled + tallied
     assert _without_percentiles(usage_report(actor=SYSTEM, time_range=_range())) == before
+
+
+def test_the_standalone_layouts_thread_rolls_up_periodically(history, monkeypatch):
+    calls = threading.Semaphore(0)
+    monkeypatch.setattr("telemetry.retention.usage_rollup", lambda: calls.release())
+    stop = rollup_thread_start(interval=0.05)
+    try:
+        assert calls.acquire(timeout=5) and calls.acquire(timeout=5)  # twice, by itself
+    finally:
+        stop.set()
