@@ -26,7 +26,7 @@ from infra.db import run_db
 from infra.epoch import EpochCache, current_epoch
 from infra.errors import RateLimited
 from keys.models import ApiKey
-from telemetry.models import UsageRecord
+from telemetry.models import UsageDaily, UsageRecord
 
 # A hold outlives any job (the longest stream included); one that expires unsettled leaves its
 # reservation counted until the period ends: never an overspend.
@@ -158,23 +158,29 @@ async def budget_charge(
 
 
 def budget_spent_in_db(budget_id: int, start: datetime | None, end: datetime | None) -> Decimal:
-    """What the records of a budget's keys cost within [start, end) (None: unbounded)."""
+    """What the records of a budget's keys cost within [start, end) (None: unbounded), the
+    days rolled up past the retention (telemetry.retention) included: a day counts when its
+    midnight is in the period, and periods start at midnight."""
     budget = Budget.objects.filter(pk=budget_id).first()
     if budget is None:
         return Decimal(0)
-    records = UsageRecord.objects.all()
-    if budget.scope == Scope.KEY:
-        records = records.filter(api_key_id=budget.api_key_id)
-    elif budget.scope == Scope.USER:
-        records = records.filter(api_key__owner_id=budget.user_id)
-    elif budget.team_id is not None:
-        records = records.filter(api_key__team_id=budget.team_id)
-    if start is not None:
-        records = records.filter(created_at__gte=start)
-    if end is not None:
-        records = records.filter(created_at__lt=end)
-    total = records.aggregate(total=Sum("cost"))["total"]
-    return total if total is not None else Decimal(0)
+    total = Decimal(0)
+    for rows, when in (
+        (UsageRecord.objects.all(), "created_at"),
+        (UsageDaily.objects.all(), "day"),
+    ):
+        if budget.scope == Scope.KEY:
+            rows = rows.filter(api_key_id=budget.api_key_id)
+        elif budget.scope == Scope.USER:
+            rows = rows.filter(api_key__owner_id=budget.user_id)
+        elif budget.team_id is not None:
+            rows = rows.filter(api_key__team_id=budget.team_id)
+        if start is not None:
+            rows = rows.filter(**{f"{when}__gte": start})
+        if end is not None:
+            rows = rows.filter(**{f"{when}__lt": end})
+        total += rows.aggregate(total=Sum("cost"))["total"] or Decimal(0)
+    return total
 
 
 async def budgets_warm(client: aioredis.Redis, charge: BudgetCharge, cold: list[int]) -> None:

@@ -17,7 +17,7 @@ from billing.budgets import budget_spent_in_db, period_bounds, spend_key
 from billing.models import Budget
 from billing.units import from_units
 from infra.redis_client import REDIS_ERRORS, get_redis
-from telemetry.models import UsageRecord
+from telemetry.models import RefusalTally, UsageDaily, UsageRecord
 
 ZERO = Decimal(0)
 
@@ -27,19 +27,34 @@ def _money(value: Decimal | None) -> str:
     return f"{(value or ZERO).quantize(Decimal('1e-10')):f}"
 
 
-def spend_report(records: QuerySet[UsageRecord]) -> dict[str, Any]:
-    """Spend of `records` (already narrowed to what the reader may see and to the range): the
-    total, and per key, per key owner, per team and per model, dearest first."""
+def spend_report(
+    records: QuerySet[UsageRecord],
+    days: QuerySet[UsageDaily] | None = None,
+    tallies: QuerySet[RefusalTally] | None = None,
+) -> dict[str, Any]:
+    """Spend of `records` and of the rolled-up `days` (all already narrowed to what the reader
+    may see and to the range; telemetry.retention rolls records and refusal tallies past the
+    retention into days): the total, and per key, per key owner, per team and per model,
+    dearest first, each with its requests (refused ones, which cost nothing, included)."""
 
     def grouped(*fields: str) -> list[dict[str, Any]]:
-        rows = (
-            records.values(*fields)
-            .annotate(cost=Sum("cost"), requests=Count("id"))
-            .order_by("-cost", *fields)
-        )
-        return [{**row, "cost": _money(row["cost"])} for row in rows]
+        rows = list(records.values(*fields).annotate(cost=Sum("cost"), requests=Count("id")))
+        if days is not None:
+            rows += days.values(*fields).annotate(cost=Sum("cost"), requests=Sum("requests"))
+        if tallies is not None:
+            rows += tallies.values(*fields).annotate(requests=Sum("count"))
+        merged: dict[tuple[Any, ...], dict[str, Any]] = {}
+        for row in rows:
+            group = tuple(row[field] for field in fields)
+            into = merged.setdefault(group, {**row, "cost": ZERO, "requests": 0})
+            into["cost"] += row.get("cost") or ZERO
+            into["requests"] += row["requests"] or 0
+        ordered = sorted(merged.values(), key=lambda row: (-row["cost"], *map(str, row.values())))
+        return [{**row, "cost": _money(row["cost"])} for row in ordered]
 
-    total = records.aggregate(total=Sum("cost"))["total"]
+    total = records.aggregate(total=Sum("cost"))["total"] or ZERO
+    if days is not None:
+        total += days.aggregate(total=Sum("cost"))["total"] or ZERO
     keys = [
         {
             "key": {

@@ -22,7 +22,12 @@ from dashboard.forms import attach_error
 from dashboard.views import dashboard_view
 from infra.errors import NebulaError, NotFound
 from keys.access import Actor, key_get_for, require_operator, team_get_for
-from telemetry.services import TimeRange, records_visible_to
+from telemetry.services import (
+    TimeRange,
+    days_visible_to,
+    records_visible_to,
+    tallies_visible_to,
+)
 
 
 def _billing_page(
@@ -49,7 +54,13 @@ def _billing_page(
             operator=actor.is_operator,
             window=window,
             windows=SPEND_WINDOWS,
-            spend=spend_report(records),
+            spend=spend_report(
+                records,
+                days_visible_to(actor).filter(day__gte=time_range.since, day__lt=time_range.until),
+                tallies_visible_to(actor).filter(
+                    minute__gte=time_range.since, minute__lt=time_range.until
+                ),
+            ),
             budgets=budget_statuses(list(budgets_visible_to(actor))),
             prices=current_prices(),
             price_form=price_form or (PriceForm() if actor.is_operator else None),

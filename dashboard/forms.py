@@ -328,3 +328,45 @@ class UsageFilterForm(forms.Form):
         model_field.choices = [("", "All models")] + [(m, m) for m in models]
         for field in self.fields.values():
             field.widget.attrs.setdefault("class", "input")
+
+
+STATUS_CHOICES = [
+    ("", "Any status"),
+    ("2xx", "Succeeded (2xx)"),
+    ("4xx", "Client errors (4xx)"),
+    ("5xx", "Server errors (5xx)"),
+    ("429", "Rate limited (429)"),
+    ("499", "Client went away (499)"),
+]
+
+
+class RequestLogFilterForm(forms.Form):
+    """Renders the request log's filters. Parsing is `telemetry.requestlog.RequestQuery.parse`,
+    the API's own, so the page, the API and the CSV mean the same by each filter."""
+
+    key = forms.ChoiceField(label="API key", required=False)
+    model = forms.ChoiceField(label="Model", required=False)
+    status = forms.ChoiceField(label="Status", choices=STATUS_CHOICES, required=False)
+    since = forms.CharField(
+        label="From (UTC)",
+        required=False,
+        widget=forms.DateTimeInput(attrs={"type": "datetime-local"}),
+    )
+    until = forms.CharField(
+        label="Until (UTC)",
+        required=False,
+        widget=forms.DateTimeInput(attrs={"type": "datetime-local"}),
+    )
+
+    def __init__(
+        self, *args: Any, keys: list[tuple[str, str]], models: list[str], **kwargs: Any
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        key_field = self.fields["key"]
+        model_field = self.fields["model"]
+        assert isinstance(key_field, forms.ChoiceField)
+        assert isinstance(model_field, forms.ChoiceField)
+        key_field.choices = [("", "All keys"), *keys]
+        model_field.choices = [("", "All models")] + [(m, m) for m in models]
+        for field in self.fields.values():
+            field.widget.attrs.setdefault("class", "input")

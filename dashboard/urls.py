@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from django.urls import path
 
-from dashboard import billing_views, views
+from dashboard import billing_views, request_views, views
 
 urlpatterns = [
     path("", views.overview, name="dashboard-overview"),
@@ -28,4 +28,5 @@ urlpatterns = [
     path("billing/prices/", billing_views.price_add, name="dashboard-price-add"),
     path("billing/budgets/", billing_views.budget_add, name="dashboard-budget-add"),
     path("keys/<int:key_id>/budget/", billing_views.key_budget, name="dashboard-key-budget"),
+    path("requests/", request_views.requests_log, name="dashboard-requests"),
 ]

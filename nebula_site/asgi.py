@@ -44,9 +44,11 @@ if settings.NEBULA_STANDALONE:
     from inference.jobs import LocalQueueConsumer
     from inference.runner import completion_execute
     from inference.workers import start_worker_runtime
+    from telemetry.retention import rollup_thread_start
 
     runtime = start_worker_runtime()
     LocalQueueConsumer(lambda job: completion_execute(job, runtime)).start()
+    rollup_thread_start()  # what Celery beat does in the distributed layout
 
 # Startup is over: keep the collector off everything built so far (see infra.heap).
 freeze_startup_heap()

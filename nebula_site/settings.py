@@ -123,6 +123,20 @@ NEBULA_UPSTREAM_PROBE_TIMEOUT = env.float("NEBULA_UPSTREAM_PROBE_TIMEOUT", 2.0, 
 NEBULA_UPSTREAM_LOAD_TIMEOUT = env.float("NEBULA_UPSTREAM_LOAD_TIMEOUT", 120.0, validate=POSITIVE)
 # Whether worker processes probe the upstreams (one at a time, by a Redis lock).
 NEBULA_WORKER_PROBER = env.bool("NEBULA_WORKER_PROBER", True)
+# Usage records are kept this many whole days, then rolled up into daily totals per key, model
+# and status (telemetry.retention) by Celery beat every NEBULA_USAGE_ROLLUP_SECONDS; 0 keeps
+# every record for ever.
+NEBULA_USAGE_RETENTION_DAYS = env.int(
+    "NEBULA_USAGE_RETENTION_DAYS", 30, validate=validate.Range(min=0, max=36500)
+)
+# The overview calls the service degraded when, over the last five minutes, at least
+# NEBULA_DEGRADED_MIN_5XX answers and NEBULA_DEGRADED_5XX_RATE of all were server errors (5xx);
+# client errors (4xx) never count.
+NEBULA_DEGRADED_5XX_RATE = env.float(
+    "NEBULA_DEGRADED_5XX_RATE", 0.05, validate=validate.Range(min=0, max=1, min_inclusive=False)
+)
+NEBULA_DEGRADED_MIN_5XX = env.int("NEBULA_DEGRADED_MIN_5XX", 5, validate=POSITIVE)
+NEBULA_USAGE_ROLLUP_SECONDS = env.int("NEBULA_USAGE_ROLLUP_SECONDS", 3600, validate=POSITIVE)
 # Where `bin/run` seeds the demo operator and user.
 NEBULA_OPERATOR_USERNAME = env.str("NEBULA_OPERATOR_USERNAME", "operator")
 NEBULA_OPERATOR_PASSWORD = env.str("NEBULA_OPERATOR_PASSWORD", "")
@@ -327,6 +341,15 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_TASK_ALWAYS_EAGER = NEBULA_STANDALONE
+# Celery beat (the Procfile's `beat`, exactly one per deployment) sends these. A tick that no
+# worker took before the next one is dropped (`expires`), not piled up.
+CELERY_BEAT_SCHEDULE = {
+    "usage-rollup": {
+        "task": "telemetry.usage_rollup",
+        "schedule": float(NEBULA_USAGE_ROLLUP_SECONDS),
+        "options": {"expires": float(NEBULA_USAGE_ROLLUP_SECONDS)},
+    }
+}
 
 # --- DRF ------------------------------------------------------------------------------------------
 REST_FRAMEWORK = {

@@ -48,7 +48,7 @@ if settings.NEBULA_BENCH_BASELINE:
 
 _API_PREFIXES = (
     *("/v1/", "/apikeys", "/models", "/metrics", "/health", "/api/", "/bench/"),
-    *("/teams", "/audit", "/prices", "/budgets"),
+    *("/teams", "/audit", "/prices", "/budgets", "/requests"),
 )
 
 

@@ -4,7 +4,7 @@ from django.contrib import admin
 from django.http import HttpRequest
 
 from telemetry.audit import AUDIT_FIELDS
-from telemetry.models import AuditEvent, UsageRecord
+from telemetry.models import AuditEvent, UsageDaily, UsageRecord
 
 
 @admin.register(UsageRecord)
@@ -46,6 +46,34 @@ class UsageRecordAdmin(admin.ModelAdmin[UsageRecord]):
         return False
 
     def has_delete_permission(self, request: HttpRequest, obj: UsageRecord | None = None) -> bool:
+        return False
+
+
+@admin.register(UsageDaily)
+class UsageDailyAdmin(admin.ModelAdmin[UsageDaily]):
+    """Read-only: the rolled-up days (telemetry.retention) are billing history too."""
+
+    list_display = [
+        "day",
+        "key_prefix",
+        "model",
+        "status",
+        "requests",
+        "prompt_tokens",
+        "completion_tokens",
+        "cost",
+    ]
+    list_filter = ["status", "model", "day"]
+    search_fields = ["key_prefix", "model"]
+    date_hierarchy = "day"
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: UsageDaily | None = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: UsageDaily | None = None) -> bool:
         return False
 
 

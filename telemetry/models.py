@@ -50,6 +50,38 @@ class UsageRecord(models.Model):
         return self.prompt_tokens + self.completion_tokens
 
 
+class UsageDaily(models.Model):
+    """Usage records (and refusal tallies) older than the retention, rolled up per UTC day, key,
+    model and status by `telemetry.retention.usage_rollup`, then deleted: the record table stays
+    bounded, and /metrics and the usage charts keep counting those days (telemetry.services)."""
+
+    day = models.DateTimeField(db_index=True)  # the UTC day's midnight
+    api_key = models.ForeignKey(
+        "keys.ApiKey",
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="usage_days",
+    )
+    key_prefix = models.CharField(max_length=16, blank=True)
+    model = models.CharField(max_length=256, blank=True)
+    status = models.PositiveSmallIntegerField()
+    requests = models.PositiveIntegerField(default=0)
+    cancelled = models.PositiveIntegerField(default=0)
+    prompt_tokens = models.PositiveBigIntegerField(default=0)
+    completion_tokens = models.PositiveBigIntegerField(default=0)
+    cost = models.DecimalField(max_digits=24, decimal_places=10, default=0)
+
+    class Meta:
+        ordering = ["-day"]
+        verbose_name = "daily usage"
+        verbose_name_plural = "daily usage"
+        indexes = [models.Index(fields=["api_key", "day"])]
+
+    def __str__(self) -> str:
+        return f"{self.day:%Y-%m-%d} {self.key_prefix or '-'} {self.model} {self.status}"
+
+
 class RefusalTally(models.Model):
     """Refusals counted per minute instead of recorded one by one (telemetry.refusals): requests
     without a usable key (401) and requests over their key's limits (429)."""

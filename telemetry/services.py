@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
+from django.conf import settings
 from django.db.models import Count, Q, QuerySet, Sum
 from django.db.models.functions import TruncHour, TruncMinute
 from django.utils import timezone
@@ -17,7 +18,7 @@ from keys.models import ApiKey
 from models_registry.services import fleet_snapshot
 from telemetry.events import GENERATION_ENDPOINTS
 from telemetry.health import health_report
-from telemetry.models import RefusalTally, UsageRecord
+from telemetry.models import RefusalTally, UsageDaily, UsageRecord
 
 MAX_RANGE = timedelta(days=31)
 SERIES_WINDOW = timedelta(hours=1)
@@ -31,8 +32,8 @@ class TimeRange:
     @classmethod
     def parse(cls, since: str | None, until: str | None, window: str | None = None) -> TimeRange:
         """`since`/`until` as ISO 8601 or Unix seconds; `window` like `15m`, `24h`, `7d`."""
-        end = _parse_time(until, "until") if until else timezone.now()
-        start = _parse_time(since, "since") if since else end - _parse_window(window or "24h")
+        end = parse_time(until, "until") if until else timezone.now()
+        start = parse_time(since, "since") if since else end - _parse_window(window or "24h")
         if start >= end:
             raise InvalidRequest("'since' must be before 'until'.", param="since")
         if end - start > MAX_RANGE:
@@ -40,7 +41,7 @@ class TimeRange:
         return cls(since=start, until=end)
 
 
-def _parse_time(text: str, param: str) -> datetime:
+def parse_time(text: str, param: str) -> datetime:
     try:
         if text.replace(".", "", 1).isdigit():
             return datetime.fromtimestamp(float(text), tz=UTC)
@@ -82,9 +83,12 @@ def percentiles(
 
 
 def _aggregate(
-    records: QuerySet[UsageRecord], tallies: QuerySet[RefusalTally] | None = None
+    records: QuerySet[UsageRecord],
+    tallies: QuerySet[RefusalTally] | None = None,
+    days: QuerySet[UsageDaily] | None = None,
 ) -> dict[str, Any]:
-    """Totals of `records`, with the refusals counted in `tallies` (telemetry.refusals)."""
+    """Totals of `records`, with the refusals counted in `tallies` (telemetry.refusals) and the
+    rolled-up days in `days` (telemetry.retention)."""
     totals = records.aggregate(
         requests=Count("id"),
         successes=Count("id", filter=Q(status__lt=400)),
@@ -95,9 +99,11 @@ def _aggregate(
     )
     totals["prompt_tokens"] = totals["prompt_tokens"] or 0
     totals["completion_tokens"] = totals["completion_tokens"] or 0
-    totals["total_tokens"] = totals["prompt_tokens"] + totals["completion_tokens"]
     errors = records.filter(status__gte=400).values("status").annotate(n=Count("id"))
     by_status = {row["status"]: row["n"] for row in errors}
+    if days is not None:
+        _add_days(totals, by_status, days)
+    totals["total_tokens"] = totals["prompt_tokens"] + totals["completion_tokens"]
     if tallies is not None:
         for row in tallies.values("status").annotate(n=Sum("count")):
             by_status[row["status"]] = by_status.get(row["status"], 0) + row["n"]
@@ -111,8 +117,31 @@ def _aggregate(
     return totals
 
 
+def _add_days(
+    totals: dict[str, Any], by_status: dict[int, int], days: QuerySet[UsageDaily]
+) -> None:
+    """Rolled-up days count as their records did (the requests they summarize)."""
+    # Aliases that are not the fields' names: Django refuses an aggregate named like a field.
+    names = ["requests", "successes", "rate_limited", "cancelled"]
+    names += ["prompt_tokens", "completion_tokens"]
+    sums = days.aggregate(
+        sum_requests=Sum("requests"),
+        sum_successes=Sum("requests", filter=Q(status__lt=400)),
+        sum_rate_limited=Sum("requests", filter=Q(status=429)),
+        sum_cancelled=Sum("cancelled"),
+        sum_prompt_tokens=Sum("prompt_tokens"),
+        sum_completion_tokens=Sum("completion_tokens"),
+    )
+    for name in names:
+        totals[name] += sums[f"sum_{name}"] or 0
+    for row in days.filter(status__gte=400).values("status").annotate(n=Sum("requests")):
+        by_status[row["status"]] = by_status.get(row["status"], 0) + row["n"]
+
+
 def _by_model(
-    records: QuerySet[UsageRecord], tallies: QuerySet[RefusalTally] | None = None
+    records: QuerySet[UsageRecord],
+    tallies: QuerySet[RefusalTally] | None = None,
+    days: QuerySet[UsageDaily] | None = None,
 ) -> list[dict[str, Any]]:
     rows = (
         records.exclude(model="")
@@ -125,7 +154,7 @@ def _by_model(
         )
         .order_by("model")
     )
-    models = {
+    models: dict[str, dict[str, Any]] = {
         row["model"]: {
             **row,
             "prompt_tokens": row["prompt_tokens"] or 0,
@@ -146,6 +175,32 @@ def _by_model(
                 },
             )
             entry["requests"] += row["n"]
+    if days is not None:
+        rolled = (
+            days.exclude(model="")
+            .values("model")
+            .annotate(
+                n_requests=Sum("requests"),
+                n_successes=Sum("requests", filter=Q(status__lt=400)),
+                n_prompt=Sum("prompt_tokens"),
+                n_completion=Sum("completion_tokens"),
+            )
+        )
+        for day_row in rolled:
+            entry = models.setdefault(
+                day_row["model"],
+                {
+                    "model": day_row["model"],
+                    "requests": 0,
+                    "successes": 0,
+                    "prompt_tokens": 0,
+                    "completion_tokens": 0,
+                },
+            )
+            entry["requests"] += day_row["n_requests"] or 0
+            entry["successes"] += day_row["n_successes"] or 0
+            entry["prompt_tokens"] += day_row["n_prompt"] or 0
+            entry["completion_tokens"] += day_row["n_completion"] or 0
     return [models[name] for name in sorted(models)]
 
 
@@ -192,7 +247,7 @@ def _series(
     return series
 
 
-_Usage = TypeVar("_Usage", UsageRecord, RefusalTally)
+_Usage = TypeVar("_Usage", UsageRecord, RefusalTally, UsageDaily)
 
 
 def _visible_usage(rows: QuerySet[_Usage], actor: Actor) -> QuerySet[_Usage]:
@@ -212,6 +267,29 @@ def records_visible_to(actor: Actor) -> QuerySet[UsageRecord]:
 def tallies_visible_to(actor: Actor) -> QuerySet[RefusalTally]:
     """Refusal tallies (telemetry.refusals), by the same rule as records."""
     return _visible_usage(RefusalTally.objects.all(), actor)
+
+
+def days_visible_to(actor: Actor) -> QuerySet[UsageDaily]:
+    """Rolled-up days (telemetry.retention), by the same rule as records."""
+    return _visible_usage(UsageDaily.objects.all(), actor)
+
+
+def _days_selected(
+    actor: Actor,
+    keys: QuerySet[ApiKey],
+    key_id: str | None,
+    model: str | None,
+    since: datetime,
+    until: datetime,
+) -> QuerySet[UsageDaily]:
+    """The rolled-up days `actor` may see for this report. A day counts in a range when its
+    midnight (UTC) is in it: days are indivisible, and adjacent ranges never count one twice."""
+    days = days_visible_to(actor).filter(day__gte=since, day__lt=until)
+    if key_id is not None:
+        days = days.filter(api_key_id__in=keys.values("pk"))
+    if model:
+        days = days.filter(model=model)
+    return days
 
 
 def _selection(
@@ -243,8 +321,10 @@ def usage_report(
     if key_id is not None:
         series_tallies = series_tallies.filter(api_key_id__in=keys.values("pk"))
     tallies = series_tallies.filter(minute__gte=time_range.since, minute__lt=time_range.until)
+    days = _days_selected(actor, keys, key_id, model, time_range.since, time_range.until)
     used_key_ids = set(records.exclude(api_key=None).values_list("api_key_id", flat=True))
     used_key_ids |= set(tallies.exclude(api_key=None).values_list("api_key_id", flat=True))
+    used_key_ids |= set(days.exclude(api_key=None).values_list("api_key_id", flat=True))
     report_keys = []
     for key in keys.filter(pk__in=used_key_ids).order_by("name", "pk"):
         mine = records.filter(api_key=key)
@@ -257,8 +337,8 @@ def usage_report(
                     "owner": key.owner.get_username(),
                     "state": key.state,
                 },
-                **_aggregate(mine, tallies.filter(api_key=key)),
-                "models": _by_model(mine, tallies.filter(api_key=key)),
+                **_aggregate(mine, tallies.filter(api_key=key), days.filter(api_key=key)),
+                "models": _by_model(mine, tallies.filter(api_key=key), days.filter(api_key=key)),
                 "series": _series(
                     series_records.filter(api_key=key),
                     time_range.until,
@@ -269,11 +349,14 @@ def usage_report(
     return {
         "object": "usage_report",
         "range": {"since": time_range.since.isoformat(), "until": time_range.until.isoformat()},
-        "totals": {**_aggregate(records, tallies), "models": _by_model(records, tallies)},
+        "totals": {
+            **_aggregate(records, tallies, days),
+            "models": _by_model(records, tallies, days),
+        },
         "series": _series(series_records, time_range.until, series_tallies),
         "keys": report_keys,
         # What the range cost, per key, user, team and model (billing.spend).
-        "spend": spend_report(records),
+        "spend": spend_report(records, days, tallies),
     }
 
 
@@ -297,7 +380,7 @@ def usage_timeline(
     """
     span = time_range.until - time_range.since
     bucket = next((b for b in _BUCKETS if span / b <= MAX_BUCKETS), _BUCKETS[-1])
-    records, _ = _selection(actor, key_id, model)
+    records, keys = _selection(actor, key_id, model)
     trunc = TruncMinute if bucket < timedelta(hours=1) else TruncHour
     rows = (
         records.filter(created_at__gte=time_range.since, created_at__lt=time_range.until)
@@ -319,17 +402,69 @@ def usage_timeline(
             sums[index][0] += row["requests"]
             sums[index][1] += row["errors"]
             sums[index][2] += row["tokens"] or 0
+    # Refusals counted in tallies are requests (and errors) too, as in the report's totals.
+    tallies = tallies_visible_to(actor).filter(
+        minute__gte=time_range.since, minute__lt=time_range.until
+    )
+    if model:
+        tallies = tallies.filter(model=model)
+    if key_id is not None:
+        tallies = tallies.filter(api_key_id__in=keys.values("pk"))
+    for tally in tallies.annotate(slot=trunc("minute")).values("slot").annotate(n=Sum("count")):
+        index = int((tally["slot"] - first) // bucket)
+        if 0 <= index < count:
+            sums[index][0] += tally["n"]
+            sums[index][1] += tally["n"]
+    days = _days_selected(actor, keys, key_id, model, time_range.since, time_range.until)
+    rolled = days.values("day").annotate(
+        n_requests=Sum("requests"),
+        errors=Sum("requests", filter=Q(status__gte=400)),
+        tokens=Sum("prompt_tokens") + Sum("completion_tokens"),
+    )
+    for day_row in rolled:
+        index = int((day_row["day"] - first) // bucket)
+        if 0 <= index < count:
+            sums[index][0] += day_row["n_requests"] or 0
+            sums[index][1] += day_row["errors"] or 0
+            sums[index][2] += day_row["tokens"] or 0
     points = [
         {"start": (first + bucket * i).isoformat(), "requests": r, "errors": e, "tokens": t}
         for i, (r, e, t) in enumerate(sums)
     ]
-    return {"bucket_seconds": int(bucket.total_seconds()), "points": points}
+    return {
+        "bucket_seconds": int(bucket.total_seconds()),
+        "span_seconds": int(span.total_seconds()),
+        "points": points,
+    }
 
 
 def usage_models(*, actor: Actor) -> list[str]:
     """Every model name in the usage `actor` may see (for choosing one to report on)."""
     names = records_visible_to(actor).exclude(model="").values_list("model", flat=True)
-    return sorted(set(names.distinct()))
+    rolled = days_visible_to(actor).exclude(model="").values_list("model", flat=True)
+    return sorted(set(names.distinct()) | set(rolled.distinct()))
+
+
+def server_errors_recent(now: datetime) -> tuple[int, int]:
+    """(5xx answers, all answers) of the whole service in the last RATE_WINDOW: what says
+    whether it is degraded, whoever asks. Client errors (4xx: bad requests, limits, clients
+    that went away) are the clients' doing and never make the service look broken."""
+    counts = UsageRecord.objects.filter(
+        created_at__gte=now - RATE_WINDOW, created_at__lt=now
+    ).aggregate(requests=Count("id"), server=Count("id", filter=Q(status__gte=500)))
+    return counts["server"], counts["requests"]
+
+
+def _degraded_by_errors(now: datetime, *, operator: bool) -> str | None:
+    """Why the service counts as degraded by its own errors, or None when it does not."""
+    server, requests = server_errors_recent(now)
+    if server < settings.NEBULA_DEGRADED_MIN_5XX or not requests:
+        return None
+    share = server / requests
+    if share < settings.NEBULA_DEGRADED_5XX_RATE:
+        return None
+    minutes = round(RATE_WINDOW.total_seconds() / 60)
+    return f"server errors ({share:.0%} in {minutes} min)" if operator else "server errors"
 
 
 def overview_report(*, actor: Actor) -> dict[str, Any]:
@@ -342,6 +477,10 @@ def overview_report(*, actor: Actor) -> dict[str, Any]:
     hour = visible.filter(created_at__gte=now - OVERVIEW_WINDOW, created_at__lt=now)
     totals = _aggregate(hour)
     errors = sum(totals["errors"].values())
+    server_errors = sum(n for status, n in totals["errors"].items() if int(status) >= 500)
+    client_errors = errors - server_errors
+    degraded = _degraded_by_errors(now, operator=operator)
+    failing = [*health["failing"], *([degraded] if degraded else [])]
     recent = hour.filter(created_at__gte=now - RATE_WINDOW).aggregate(
         requests=Count("id"), prompt=Sum("prompt_tokens"), completion=Sum("completion_tokens")
     )
@@ -351,9 +490,9 @@ def overview_report(*, actor: Actor) -> dict[str, Any]:
     return {
         "generated_at": now.isoformat(),
         "health": {
-            "ok": healthy,
-            "status": health["status"],
-            "failing": health["failing"],
+            "ok": healthy and degraded is None,
+            "status": health["status"] if not healthy or degraded is None else "degraded",
+            "failing": failing,
             "uptime_seconds": health["uptime_seconds"],
             "version": health["version"],
             "mode": health["mode"],
@@ -374,6 +513,10 @@ def overview_report(*, actor: Actor) -> dict[str, Any]:
             "tokens": totals["total_tokens"],
             "errors": errors,
             "error_rate": errors / totals["requests"] if totals["requests"] else 0.0,
+            "client_errors": client_errors,
+            "server_errors": server_errors,
+            "client_error_rate": client_errors / totals["requests"] if totals["requests"] else 0.0,
+            "server_error_rate": server_errors / totals["requests"] if totals["requests"] else 0.0,
             "requests_per_minute": round(recent["requests"] / minutes, 2),
             "tokens_per_minute": round(
                 ((recent["prompt"] or 0) + (recent["completion"] or 0)) / minutes, 1

@@ -49,6 +49,8 @@ def test_it_describes_every_endpoint_including_the_openai_ones(schema):
         "/teams/{team_id}/members",
         "/teams/{team_id}/members/{username}",
         "/audit",
+        "/requests",
+        "/requests.csv",
         "/models",
         "/models/{name}",
         "/metrics",
@@ -201,3 +203,11 @@ def test_a_completion_with_logprobs_is_what_both_schemas_describe(schema):
         {"$ref": "#/components/schemas/ChatCompletion", "components": schema["components"]}
     )
     ours.validate(body)
+
+
+def test_the_request_log_is_described_with_its_filters_and_csv(schema):
+    listing = schema["paths"]["/requests"]["get"]
+    names = {parameter["name"] for parameter in listing["parameters"]}
+    assert {"key", "model", "status", "since", "until", "cursor", "limit"} <= names
+    export = schema["paths"]["/requests.csv"]["get"]
+    assert set(export["responses"]["200"]["content"]) == {"text/csv"}

@@ -43,17 +43,33 @@
       text.textContent = window.Nebula.fmt.compact(tick);
     }
     const ticks = points.length > 1 ? [0, Math.floor((points.length - 1) / 2), points.length - 1] : [0];
+    const labels = [];
     for (const index of ticks) {
       const x = inner.x + (inner.w * (index + 0.5)) / points.length;
       const anchor = index === 0 ? "start" : index === points.length - 1 ? "end" : "middle";
-      const text = el("text", { class: "axis-label", x, y: height - 4, "text-anchor": anchor }, svg);
+      const text = el("text", { class: "axis-label axis-x", x, y: height - 4, "text-anchor": anchor }, svg);
       text.textContent = label(points[index]);
+      labels.push(text);
     }
     const tip = document.createElement("div");
     tip.className = "chart-tip";
     container.appendChild(svg);
     container.appendChild(tip);
+    declutter(labels);
     return { svg, inner, tip };
+  }
+
+  // On a narrow chart the axis labels can run into each other: drop the middle one, then the
+  // last, until the rest stand apart (measured once the SVG is in the page).
+  function declutter(labels) {
+    const apart = (a, b) => a.getBBox().x + a.getBBox().width + 6 <= b.getBBox().x;
+    while (labels.length > 1) {
+      const crowded = labels.some((text, i) => i > 0 && !apart(labels[i - 1], text));
+      if (!crowded) return;
+      const drop = labels.length > 2 ? Math.floor(labels.length / 2) : labels.length - 1;
+      labels[drop].remove();
+      labels.splice(drop, 1);
+    }
   }
 
   function hover(container, tip, x, y, text) {
@@ -68,7 +84,7 @@
     const values = points.map(options.value);
     const axis = scale(Math.max(0, ...values));
     const max = axis.top;
-    const { svg, inner, tip } = frame(container, points, axis, options.label);
+    const { svg, inner, tip } = frame(container, points, axis, options.axisLabel || options.label);
     const slot = inner.w / Math.max(points.length, 1);
     const gap = slot > 6 ? Math.min(3, slot * 0.25) : 0.5;
     points.forEach((point, index) => {

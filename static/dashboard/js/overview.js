@@ -87,8 +87,11 @@
     setText($('[data-o="rpm"]'), fmt.decimal(t.requests_per_minute));
     bump("tokens", fmt.compact(t.tokens));
     setText($('[data-o="tpm"]'), fmt.compact(t.tokens_per_minute));
-    bump("error_rate", fmt.percent(t.error_rate));
-    setText($('[data-o="errors"]'), t.errors);
+    // Only server errors (5xx) are the service's; client errors (4xx) are shown apart.
+    bump("server_error_rate", fmt.percent(t.server_error_rate));
+    setText($('[data-o="server_errors"]'), t.server_errors);
+    setText($('[data-o="client_errors"]'), t.client_errors);
+    setText($('[data-o="client_error_rate"]'), fmt.percent(t.client_error_rate));
     setText($('[data-o="lat50"]'), fmt.ms(t.latency_ms.p50));
     setText($('[data-o="lat95"]'), fmt.ms(t.latency_ms.p95));
     setText($('[data-o="ttft50"]'), fmt.ms(t.ttft_ms.p50));
