@@ -99,6 +99,7 @@ def _page(
 _ROW_PLACEHOLDER = {
     "pk": "",
     "name": "__NAME__",
+    "kind": "chat",
     "state": "pending",
     "params_billions": 0,
     "gpu_type": "",

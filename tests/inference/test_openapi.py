@@ -33,6 +33,7 @@ def test_the_schema_is_served_as_yaml_by_default(client):
 def test_it_describes_every_endpoint_including_the_openai_ones(schema):
     assert set(schema["paths"]) == {
         "/v1/chat/completions",
+        "/v1/embeddings",
         "/v1/models",
         "/v1/models/{model_id}",
         "/apikeys",
