@@ -1,0 +1,61 @@
+"""The /v1/embeddings request as parsed: OpenAI's input shapes, strict types, unknown fields."""
+
+import json
+
+import pytest
+
+from inference.embedding_schemas import parse_embedding_request
+from infra.errors import InvalidRequest
+
+
+def parse(**body):
+    return parse_embedding_request(json.dumps({"model": "m", **body}).encode())
+
+
+@pytest.mark.parametrize(
+    ("given", "inputs"),
+    [
+        ("hello", ["hello"]),
+        (["a", "b"], ["a", "b"]),
+        ([1, 2, 3], [[1, 2, 3]]),  # an array of token ids is one input
+        ([[1, 2], [3]], [[1, 2], [3]]),
+    ],
+)
+def test_every_openai_input_shape_is_a_list_of_inputs(given, inputs):
+    assert parse(input=given).inputs() == inputs
+
+
+def test_optional_fields_are_read():
+    request = parse(input="x", encoding_format="base64", dimensions=8, user="user-1")
+    assert request.base64 and request.dimensions == 8 and request.user == "user-1"
+    assert not parse(input="x").base64
+
+
+@pytest.mark.parametrize(
+    ("body", "param", "code"),
+    [
+        ({"input": "x", "frobnicate": 1}, "frobnicate", "unknown_parameter"),
+        ({"input": "x", "dimensions": 8.0}, "dimensions", "invalid_type"),
+        ({"input": "x", "dimensions": True}, "dimensions", "invalid_type"),
+        ({"input": "x", "dimensions": 0}, "dimensions", "invalid_value"),
+        ({"input": ["a", 1]}, "input", "invalid_type"),
+        ({"input": [1.5]}, "input", "invalid_type"),
+        ({"input": [[]]}, "input[0]", "invalid_value"),
+        ({"input": [[1], []]}, "input[1]", "invalid_value"),
+        ({"input": "x", "model": 5}, "model", "invalid_type"),
+        ({"input": None}, "input", "invalid_type"),
+    ],
+)
+def test_a_bad_field_is_a_400_naming_it(body, param, code):
+    with pytest.raises(InvalidRequest) as refused:
+        parse(**body)
+    assert (refused.value.param, refused.value.code) == (param, code)
+
+
+def test_a_missing_input_and_a_non_object_body_are_refused():
+    with pytest.raises(InvalidRequest) as missing:
+        parse_embedding_request(b'{"model": "m"}')
+    assert missing.value.param == "input" and missing.value.code == "missing_required_parameter"
+    with pytest.raises(InvalidRequest) as listed:
+        parse_embedding_request(b"[]")
+    assert listed.value.code == "invalid_json"
