@@ -11,6 +11,7 @@ back in its final message.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import struct
 import time
@@ -124,16 +125,15 @@ async def embeddings_submit(
     hub = reply_hub()
     await hub.ready()
     payload_holder: list[JobPayload] = []
-    # The gateway may build the job again (its caches were stale): tokenize once.
-    tokenized: dict[str, list[list[int]]] = {}
+    # Tokenized once (the gateway may build the job twice), off the event loop: a full 1 MiB
+    # body takes the tokenizer about a second, which would stall every other request here.
+    named = embedding_model(request.model)
+    inputs = await asyncio.to_thread(_token_inputs, named, request) if named else []
 
     def build_job(key: KeyInfo, model: ModelInfo) -> tuple[bytes, int]:
         spec = embedding_model(model.name)
         if model.kind != ModelKind.EMBEDDING or spec is None:
             raise not_an_embedding_model(model)
-        if spec.name not in tokenized:
-            tokenized[spec.name] = _token_inputs(spec, request)
-        inputs = tokenized[spec.name]
         dimensions = _dimensions(spec, request)
         tokens = sum(len(ids) for ids in inputs)
         payload: JobPayload = {
