@@ -65,3 +65,12 @@ def test_an_operator_deploys_an_embedding_model_from_the_dashboard(client, opera
     assert (model.kind, model.parameters, model.context_length) == ("embedding", 22_713_216, 256)
     page = client.get("/dashboard/models/").content.decode()
     assert "embeddings" in page  # the fleet row says what it serves
+
+
+def test_the_playground_offers_chat_models_only(client, alice, make_key, ready_model):
+    ready_model("nebula-7b")
+    ready_model("all-minilm-l6-v2", kind="embedding", params_billions=None)
+    make_key(alice)
+    client.force_login(alice)
+    page = client.get("/dashboard/chat/").content.decode()
+    assert "nebula-7b" in page and "all-minilm-l6-v2" not in page
