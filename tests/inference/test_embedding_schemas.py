@@ -4,8 +4,9 @@ import json
 
 import pytest
 
-from inference.embedding_schemas import parse_embedding_request
+from inference.embedding_schemas import EmbeddingRequest, parse_embedding_request
 from infra.errors import InvalidRequest
+from tests.support.openai_schema import SPEC, validate
 
 
 def parse(**body):
@@ -59,3 +60,29 @@ def test_a_missing_input_and_a_non_object_body_are_refused():
     with pytest.raises(InvalidRequest) as listed:
         parse_embedding_request(b"[]")
     assert listed.value.code == "invalid_json"
+
+
+def test_the_request_takes_exactly_openais_fields_and_its_examples():
+    from inference.embedding_schemas import EmbeddingRequest
+
+    published = json.loads(SPEC.read_text())["components"]["schemas"]["CreateEmbeddingRequest"]
+    assert set(EmbeddingRequest.model_fields) == set(published["properties"])
+    assert set(published["required"]) == {
+        name for name, field in EmbeddingRequest.model_fields.items() if field.is_required()
+    }
+    for given in ("text", ["a", "b"], [1, 2], [[1, 2], [3]]):
+        body = {"model": "m", "input": given, "encoding_format": "base64", "dimensions": 8}
+        validate("CreateEmbeddingRequest", body)  # OpenAI's schema accepts it, and so do we
+        parse_embedding_request(json.dumps(body).encode())
+
+
+def test_the_openapi_description_documents_the_endpoint(client, db):
+    schema = json.loads(client.get("/api/schema/", HTTP_ACCEPT="application/json").content)
+    operation = schema["paths"]["/v1/embeddings"]["post"]
+    body = operation["requestBody"]["content"]["application/json"]["schema"]
+    assert body == {"$ref": "#/components/schemas/EmbeddingRequest"}
+    described = schema["components"]["schemas"]["EmbeddingRequest"]
+    assert set(described["properties"]) == set(EmbeddingRequest.model_fields)
+    assert described["additionalProperties"] is False
+    ok = operation["responses"]["200"]["content"]["application/json"]["schema"]
+    assert ok == {"$ref": "#/components/schemas/EmbeddingList"}
