@@ -239,7 +239,8 @@ class JobRun:
                 503, "model_not_found", "This worker does not have the model's files."
             )
         task = job["embedding"]
-        vectors = embedding_engine(spec).embed(task["inputs"], dimensions=task["dimensions"])
+        engine = embedding_engine(spec, threads=settings.NEBULA_EMBEDDING_THREADS)
+        vectors = engine.embed(task["inputs"], dimensions=task["dimensions"])
         self.ttft_ms = (time.time() - job["enqueued_at"]) * 1000
         self.still_running()  # the client may have left while the model ran (JobGone)
         tokens = job["prompt_tokens"]

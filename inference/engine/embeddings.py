@@ -16,8 +16,9 @@ from typing import Any
 
 from models_registry.embedding_models import EmbeddingModelSpec
 
-# Inputs embedded in one forward pass: bounds the padded batch's memory (64 × 256 tokens).
-BATCH_SIZE = 64
+# Tokens (padding included) in one forward pass: bounds a batch's memory (its attention scores
+# peak near 100 MB: 32 inputs of the longest length); short inputs go many more to a pass.
+BATCH_TOKENS = 32 * 256
 
 
 def _offline() -> None:
@@ -34,8 +35,9 @@ def _offline() -> None:
 class EmbeddingModel:
     """One model, loaded once per process on first use; `embed` is safe from many threads."""
 
-    def __init__(self, spec: EmbeddingModelSpec) -> None:
+    def __init__(self, spec: EmbeddingModelSpec, *, threads: int = 1) -> None:
         self.spec = spec
+        self.threads = threads
         self._model: Any = None
         self._lock = threading.Lock()
 
@@ -50,7 +52,11 @@ class EmbeddingModel:
             if self._model is None:
                 _offline()
                 # Deferred on purpose (see the module's docstring): third-party, no cycle.
+                import torch
                 from sentence_transformers import SentenceTransformer
+
+                # Process-wide; a worker process is this model's only user of torch.
+                torch.set_num_threads(self.threads)
 
                 model = SentenceTransformer(
                     str(self.spec.model_dir()), device="cpu", local_files_only=True
@@ -68,11 +74,8 @@ class EmbeddingModel:
 
         model = self.load()
         spec = self.spec
-        # Similar lengths batch together: less padding to compute.
-        order = sorted(range(len(inputs)), key=lambda i: len(inputs[i]))
         vectors: list[bytes] = [b""] * len(inputs)
-        for start in range(0, len(order), BATCH_SIZE):
-            chunk = order[start : start + BATCH_SIZE]
+        for chunk in _batches(inputs):
             width = max(len(inputs[i]) for i in chunk) + 2
             ids = torch.full((len(chunk), width), spec.pad_id, dtype=torch.long)
             mask = torch.zeros((len(chunk), width), dtype=torch.long)
@@ -96,14 +99,31 @@ class EmbeddingModel:
         return vectors
 
 
+def _batches(inputs: list[list[int]]) -> list[list[int]]:
+    """Input indexes in batches of at most BATCH_TOKENS padded tokens; similar lengths batch
+    together (sorted), so there is little padding to compute."""
+    batches: list[list[int]] = []
+    chunk: list[int] = []
+    for index in sorted(range(len(inputs)), key=lambda i: len(inputs[i])):
+        width = len(inputs[index]) + 2  # the longest so far: the batch's padded width
+        if chunk and (len(chunk) + 1) * width > BATCH_TOKENS:
+            batches.append(chunk)
+            chunk = []
+        chunk.append(index)
+    if chunk:
+        batches.append(chunk)
+    return batches
+
+
 _models: dict[str, EmbeddingModel] = {}
 _models_lock = threading.Lock()
 
 
-def embedding_engine(spec: EmbeddingModelSpec) -> EmbeddingModel:
-    """This process's instance of the model (not loaded until it embeds)."""
+def embedding_engine(spec: EmbeddingModelSpec, *, threads: int = 1) -> EmbeddingModel:
+    """This process's instance of the model (not loaded until it embeds), running on
+    `threads` PyTorch threads."""
     with _models_lock:
         found = _models.get(spec.name)
         if found is None:
-            found = _models[spec.name] = EmbeddingModel(spec)
+            found = _models[spec.name] = EmbeddingModel(spec, threads=threads)
     return found

@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from inference.embedding_tokens import tokenize_texts
-from inference.engine.embeddings import embedding_engine
+from inference.engine.embeddings import BATCH_TOKENS, _batches, embedding_engine
 from models_registry.embedding_models import ALL_MINILM_L6_V2
 
 TEXTS = ["A man is playing a guitar.", "Someone plays the guitar.", "Tax forms are due."]
@@ -74,3 +74,14 @@ def test_the_web_side_never_imports_torch():
         [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True
     )
     assert out.stdout.split() == ["False", "False"], out.stderr
+
+
+def test_batches_hold_many_short_inputs_or_few_long_ones():
+    short = _batches([[7]] * 2048)
+    assert sum(map(len, short)) == 2048 and len(short) == 1  # 2048 × 3 padded tokens fit
+    mixed = [[1] * 254] * 40 + [[1]] * 5
+    batches = _batches(mixed)
+    assert sorted(i for batch in batches for i in batch) == list(range(45))
+    for batch in batches:
+        assert len(batch) * (max(len(mixed[i]) for i in batch) + 2) <= BATCH_TOKENS
+    assert [len(b) for b in batches] == [32, 13]  # the 5 short ones pad to the long ones

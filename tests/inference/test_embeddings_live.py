@@ -180,6 +180,18 @@ def test_an_input_at_the_models_length_is_embedded(live, embedder):
     assert response.json()["usage"]["prompt_tokens"] == 254
 
 
+def test_the_most_inputs_openai_allows_come_back_in_order(live, embedder):
+    words = ["cat", "dog", "car", "tree"]
+    body = {"model": MODEL, "input": [words[i % 4] for i in range(2048)]}
+    response = post(live, embedder, {**body, "encoding_format": "base64"})
+    assert response.status_code == 200, response.text[:500]
+    data = response.json()["data"]
+    assert [item["index"] for item in data] == list(range(2048))
+    # Equal inputs, equal vectors, wherever they sit in the batch.
+    assert {item["embedding"] for item in data[0::4]} == {data[0]["embedding"]}
+    assert data[1]["embedding"] != data[0]["embedding"]
+
+
 def test_rate_limits_apply_to_embeddings(live, alice, make_key, ready_model):
     ready_model(MODEL, kind="embedding", params_billions=None)
     _, by_requests = make_key(alice, rpm_limit=2)
