@@ -61,6 +61,8 @@ def _token_inputs(spec: EmbeddingModelSpec, request: EmbeddingRequest) -> list[l
     each input within what it reads (refused, never silently truncated), the request within
     OpenAI's total."""
     given = request.inputs()
+    # One input (a string, or one array of token ids) is `input`; one of many is `input[i]`.
+    single = isinstance(request.input, str) or isinstance(request.input[0], int)
     if given and isinstance(given[0], str):
         tokens = tokenize_texts(spec, given)
         strings = True
@@ -70,7 +72,7 @@ def _token_inputs(spec: EmbeddingModelSpec, request: EmbeddingRequest) -> list[l
         for index, ids in enumerate(tokens):
             bad = next((t for t in ids if not 0 <= t < spec.vocab_size), None)
             if bad is not None:
-                where = "input" if isinstance(request.input[0], int) else f"input[{index}]"
+                where = "input" if single else f"input[{index}]"
                 raise InvalidRequest(
                     f"{where} holds the token id {bad}, which is not in the vocabulary of "
                     f"'{spec.name}' (ids 0 to {spec.vocab_size - 1}, its own tokenizer's).",
@@ -80,7 +82,7 @@ def _token_inputs(spec: EmbeddingModelSpec, request: EmbeddingRequest) -> list[l
     limit = min(MAX_TOKENS_PER_INPUT, spec.max_input_tokens)
     for index, ids in enumerate(tokens):
         if len(ids) > limit:
-            where = "input" if len(tokens) == 1 else f"input[{index}]"
+            where = "input" if single else f"input[{index}]"
             counted = "is" if strings else "has"
             raise InvalidRequest(
                 f"{where} {counted} {len(ids)} tokens long; '{spec.name}' reads at most {limit} "

@@ -5,7 +5,9 @@ import json
 import pytest
 
 from inference.embedding_schemas import EmbeddingRequest, parse_embedding_request
+from inference.embeddings import _token_inputs
 from infra.errors import InvalidRequest
+from models_registry.embedding_models import ALL_MINILM_L6_V2
 from tests.support.openai_schema import SPEC, validate
 
 
@@ -86,3 +88,27 @@ def test_the_openapi_description_documents_the_endpoint(client, db):
     assert described["additionalProperties"] is False
     ok = operation["responses"]["200"]["content"]["application/json"]["schema"]
     assert ok == {"$ref": "#/components/schemas/EmbeddingList"}
+
+
+@pytest.mark.parametrize(
+    ("given", "param"),
+    [
+        ("word " * 300, "input"),
+        (["word " * 300], "input[0]"),
+        ([7] * 300, "input"),
+        ([[7], [7] * 300], "input[1]"),
+    ],
+)
+def test_an_input_longer_than_the_model_reads_is_refused_naming_it(given, param):
+    with pytest.raises(InvalidRequest) as refused:
+        _token_inputs(ALL_MINILM_L6_V2, parse(input=given))
+    assert (refused.value.param, refused.value.code) == (param, "context_length_exceeded")
+    assert "300 tokens" in refused.value.message
+
+
+def test_the_inputs_may_hold_300000_tokens_in_all():
+    inputs = _token_inputs(ALL_MINILM_L6_V2, parse(input=[[7] * 250] * 1200))
+    assert sum(map(len, inputs)) == 300_000
+    with pytest.raises(InvalidRequest) as refused:
+        _token_inputs(ALL_MINILM_L6_V2, parse(input=[[7] * 250] * 1201))
+    assert refused.value.code == "max_tokens_per_request"
