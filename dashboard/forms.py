@@ -13,6 +13,7 @@ from django.utils import timezone
 from infra.errors import NebulaError
 from keys.models import ApiKey, TeamRole
 from models_registry.gpus import GPU_TYPES
+from models_registry.models import ModelKind
 
 EXPIRY_CHOICES = [
     ("", "Never"),
@@ -223,8 +224,16 @@ class MemberChangeForm(forms.Form):
 
 class DeployForm(forms.Form):
     name = forms.CharField(max_length=64, help_text="How clients call it, e.g. nebula-7b.")
+    kind = forms.ChoiceField(
+        label="Serves",
+        choices=ModelKind.choices,
+        initial=ModelKind.CHAT,
+        required=False,
+        help_text="An embedding model is real and named after it: all-minilm-l6-v2.",
+    )
+    # Required for a chat model (the service says so); an embedding model's size is its own.
     params_billions = forms.FloatField(
-        label="Size (billions of parameters)", help_text="7 for a 7B model."
+        label="Size (billions of parameters)", help_text="7 for a 7B model.", required=False
     )
     gpu_type = forms.ChoiceField(
         label="GPU type",
@@ -235,7 +244,8 @@ class DeployForm(forms.Form):
     max_concurrent_seqs = forms.IntegerField(
         label="Concurrent sequences per replica", initial=8, required=False
     )
-    context_length = forms.IntegerField(label="Context length", initial=8192, required=False)
+    # Blank: the kind's default (8192 for a chat model, the embedding model's own length).
+    context_length = forms.IntegerField(label="Context length", required=False)
     queue = forms.BooleanField(
         label="If its GPUs are busy, wait for them (queue it)", required=False
     )
@@ -247,11 +257,12 @@ class DeployForm(forms.Form):
                 field.widget.attrs.setdefault("class", "input")
         self.fields["name"].widget.attrs.update(placeholder="nebula-7b", autocomplete="off")
         self.fields["params_billions"].widget.attrs.update(placeholder="7", step="any")
+        self.fields["context_length"].widget.attrs.update(placeholder="8192")
 
     def deployment(self) -> dict[str, Any]:
         """The service's keyword arguments; blank optional fields take the service's defaults."""
         data = dict(self.cleaned_data)
-        return {name: value for name, value in data.items() if value is not None}
+        return {name: value for name, value in data.items() if value not in (None, "")}
 
 
 class UpstreamDeployForm(forms.Form):

@@ -99,6 +99,7 @@ def _page(
 _ROW_PLACEHOLDER = {
     "pk": "",
     "name": "__NAME__",
+    "kind": "chat",
     "state": "pending",
     "params_billions": 0,
     "gpu_type": "",
@@ -555,7 +556,12 @@ def chat(request: HttpRequest, actor: Actor) -> HttpResponse:
         for key in keys_visible_to(actor).filter(owner_id=request.user.pk, revoked_at=None)
         if key.is_active
     ]
-    ready = [m.name for m in deployments_visible_to(actor) if m.state == "ready"]
+    # Chat models only: an embedding model cannot answer a conversation.
+    ready = [
+        m.name
+        for m in deployments_visible_to(actor)
+        if m.state == "ready" and m.kind != "embedding"
+    ]
     return _page(request, "dashboard/chat.html", "chat", keys=own_keys, models=ready)
 
 

@@ -75,6 +75,14 @@ class ToolsJob(TypedDict):
     answered: bool  # the conversation ends with a tool's result
 
 
+class EmbeddingJob(TypedDict):
+    """For an embedding model (a deployment of kind `embedding`): the inputs as the model's
+    token ids (without its special tokens), and the output size asked for (None: native)."""
+
+    inputs: list[list[int]]
+    dimensions: int | None
+
+
 class JobPayload(TypedDict):
     id: str  # the request id
     reply_to: str  # the web process's reply channel
@@ -107,6 +115,7 @@ class JobPayload(TypedDict):
     json_schema: NotRequired[dict[str, Any] | None]
     # Per-token logprobs with this many alternatives each (absent: no logprobs).
     logprobs: NotRequired[int]
+    embedding: NotRequired[EmbeddingJob]  # present: an embedding job, not a generation
 
 
 # --- Messages from worker to web process (Redis pub/sub on the web process's reply channel) -----
@@ -147,6 +156,9 @@ class DoneMessage(TypedDict):
     # Non-streaming jobs, per choice: OpenAI `message.tool_calls` and `logprobs.content`.
     tool_calls: NotRequired[list[list[dict[str, Any]] | None]]
     logprobs: NotRequired[list[list[dict[str, Any]] | None]]
+    # Embedding jobs: one vector per input, as base64 of little-endian float32 (OpenAI's
+    # `encoding_format: base64`, and a quarter of the bytes of JSON floats on the way).
+    embeddings: NotRequired[list[str]]
     ttft_ms: float
     queue_ms: float
 

@@ -15,6 +15,7 @@ from typing import Any
 
 from django.conf import settings
 
+from inference.embedding_schemas import MAX_INPUTS, EmbeddingRequest
 from inference.schemas import ChatCompletionRequest
 from inference.text_schemas import CompletionRequest
 from keys.auth import API_KEY_SCHEME
@@ -212,6 +213,41 @@ RESPONSE_SCHEMAS: dict[str, dict[str, Any]] = {
         },
         "required": ["id", "object", "created", "model", "choices"],
     },
+    "Embedding": {
+        "type": "object",
+        "properties": {
+            "object": {"const": "embedding"},
+            "index": {"type": "integer"},
+            "embedding": {
+                "anyOf": [
+                    {"type": "array", "items": {"type": "number"}},
+                    {
+                        "type": "string",
+                        "contentEncoding": "base64",
+                        "description": "encoding_format base64: little-endian float32s.",
+                    },
+                ]
+            },
+        },
+        "required": ["object", "index", "embedding"],
+    },
+    "EmbeddingList": {
+        "type": "object",
+        "properties": {
+            "object": {"const": "list"},
+            "data": {"type": "array", "items": _ref("Embedding")},
+            "model": {"type": "string"},
+            "usage": {
+                "type": "object",
+                "properties": {
+                    "prompt_tokens": {"type": "integer"},
+                    "total_tokens": {"type": "integer"},
+                },
+                "required": ["prompt_tokens", "total_tokens"],
+            },
+        },
+        "required": ["object", "data", "model", "usage"],
+    },
     "Model": {
         "type": "object",
         "properties": {
@@ -402,9 +438,45 @@ def _paths() -> dict[str, Any]:
             },
         }
     }
+    embedding_ops = {
+        "post": {
+            "operationId": "v1_embeddings_create",
+            "summary": "Create embeddings (OpenAI's `POST /v1/embeddings`), on a real model.",
+            "description": (
+                "The model must be a deployment of kind `embedding`. `input` is a string, an "
+                "array of strings, an array of token ids or an array of token-id arrays (ids of "
+                f"the model's own tokenizer); at most {MAX_INPUTS} inputs, each within the "
+                "model's sequence length (refused, never truncated), 300,000 tokens in all. "
+                "`dimensions` truncates and renormalizes, up to the model's native size."
+            ),
+            "tags": ["openai"],
+            "security": _SECURITY,
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": _ref("EmbeddingRequest")}},
+            },
+            "responses": {
+                "200": {
+                    "description": "One vector per input, in order.",
+                    "headers": _RATE_LIMIT_HEADERS,
+                    "content": {"application/json": {"schema": _ref("EmbeddingList")}},
+                },
+                "400": _error(
+                    "Invalid body, an input too long, too many inputs, or a chat model: the "
+                    "`param` names the offending field."
+                ),
+                "403": _error("This key may not use the model."),
+                "404": _error("No such ready model."),
+                "413": _error("The body is too large."),
+                "415": _error("The body is not JSON."),
+                **_ERRORS,
+            },
+        }
+    }
     return {
         "/v1/chat/completions": chat_ops,
         "/v1/completions": text_ops,
+        "/v1/embeddings": embedding_ops,
         "/v1/models": models_ops,
         "/v1/models/{model_id}": model_ops,
     }
@@ -413,7 +485,7 @@ def _paths() -> dict[str, Any]:
 def request_schemas() -> dict[str, Any]:
     """The requests as validated, and the models they refer to, as schema components."""
     components: dict[str, Any] = {}
-    for model in (ChatCompletionRequest, CompletionRequest):
+    for model in (ChatCompletionRequest, CompletionRequest, EmbeddingRequest):
         schema = model.model_json_schema(ref_template=_REF)
         for name, definition in schema.pop("$defs", {}).items():
             if components.setdefault(name, definition) != definition:

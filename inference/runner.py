@@ -3,6 +3,7 @@ GPU speed, stream tokens back to the web process, and record usage when it ends.
 
 from __future__ import annotations
 
+import base64
 import logging
 import time
 import uuid
@@ -21,6 +22,7 @@ from inference.backends.openai_compatible import (
 )
 from inference.batching import JobGone, Outbox
 from inference.engine import Generation, GenerationRequest, HardwareSpec, ToolSpec
+from inference.engine.embeddings import embedding_engine
 from inference.jobs import (
     FINISH,
     JOB_TTL_SECONDS,
@@ -48,6 +50,7 @@ from infra import aio
 from infra.errors import DATABASE_ERRORS
 from infra.redis_client import REDIS_ERRORS, get_async_redis, get_redis
 from keys.ratelimit import tpm_settle
+from models_registry.embedding_models import embedding_model
 from models_registry.models import Backend
 from models_registry.upstreams import upstream_target
 from telemetry.events import STREAM, UsageEvent, encode, itl_histogram, usage_event
@@ -232,6 +235,35 @@ class JobRun:
             if self.ttft_ms is None and result.first_token_at is not None:
                 # A non-streaming job sent no deltas to time it by.
                 self.ttft_ms = (result.first_token_at - job["enqueued_at"]) * 1000
+
+    def embed(self) -> Outcome:
+        """Serve an embedding job with the real model, in this process (loaded on the first
+        one: `inference.engine.embeddings`); the vectors go back in the final message."""
+        job = self.job
+        spec = embedding_model(job["model"]["name"])
+        if spec is None:
+            raise UpstreamFailure(
+                503, "model_not_found", "This worker does not have the model's files."
+            )
+        task = job["embedding"]
+        engine = embedding_engine(spec, threads=settings.NEBULA_EMBEDDING_THREADS)
+        vectors = engine.embed(task["inputs"], dimensions=task["dimensions"])
+        self.ttft_ms = (time.time() - job["enqueued_at"]) * 1000
+        self.still_running()  # the client may have left while the model ran (JobGone)
+        tokens = job["prompt_tokens"]
+        done: DoneMessage = {
+            "r": job["id"],
+            "t": "done",
+            "seq": self.seq + 1,
+            "usage": {"prompt_tokens": tokens, "completion_tokens": 0, "total_tokens": tokens},
+            "finish": ["stop"],
+            "embeddings": [base64.b64encode(vector).decode("ascii") for vector in vectors],
+            "ttft_ms": self.ttft_ms,
+            "queue_ms": self.queue_ms or 0.0,
+        }
+        return Outcome(
+            state="done", status=200, finish_reason="stop", completion_tokens=0, message=done
+        )
 
     @property
     def prompt_tokens(self) -> int:
@@ -502,11 +534,16 @@ def completion_execute(job: JobPayload, worker: WorkerRuntime) -> None:
     if got == JOB_GONE:
         return  # abandoned or cancelled while waiting: the web process records it
     model = job["model"]["name"]
+    embedded: Outcome | None = None
     with worker.holding_slot(model, job["id"], run.owner, sequences=job["n"]):
         try:
             if got == NO_LISTENER:
                 raise JobGone
-            generation = run.relay() if run.upstream else run.generate()
+            # The job's kind: an embedding, or a generation (simulated or an upstream's).
+            if "embedding" in job:
+                embedded = run.embed()
+            else:
+                generation = run.relay() if run.upstream else run.generate()
         except UpstreamFailure as failure:
             run.end(
                 Outcome(
@@ -564,6 +601,9 @@ def completion_execute(job: JobPayload, worker: WorkerRuntime) -> None:
                     },
                 )
             )
+            return
+        if embedded is not None:
+            run.end(embedded)
             return
         reasons = generation.finish_reasons()
         prompt_tokens = run.prompt_tokens

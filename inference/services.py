@@ -19,6 +19,7 @@ from typing import Any, Protocol
 from django.conf import settings
 
 from inference.completion import Completion
+from inference.embeddings import embedding_only
 from inference.engine import count_chat_tokens, count_tokens
 from inference.gateway import Caller, RequestContext, gateway_admit
 from inference.hub import reply_hub
@@ -208,6 +209,9 @@ async def _job_submit(
     payload_holder: list[JobPayload] = []
 
     def build_job(key: KeyInfo, model: ModelInfo) -> tuple[bytes, int]:
+        wrong_kind = embedding_only(model)
+        if wrong_kind is not None:
+            raise wrong_kind
         if n > model.max_concurrent_seqs:
             # Each choice is a sequence, and a request's sequences run on one replica.
             raise InvalidRequest(

@@ -1,12 +1,14 @@
-"""`/v1/chat/completions`, `/v1/completions` and `/v1/models`: async views on the lean API
-handler (see infra.middleware.ApiASGIHandler). Each parses, calls one service, and renders;
-`v1_endpoint` does the rest (method, key, refusals)."""
+"""`/v1/chat/completions`, `/v1/completions`, `/v1/embeddings` and `/v1/models`: async views
+on the lean API handler (see infra.middleware.ApiASGIHandler). Each parses, calls one service,
+and renders; `v1_endpoint` does the rest (method, key, refusals)."""
 
 from __future__ import annotations
 
 from django.http import HttpRequest, HttpResponse, HttpResponseBase
 
 from inference.edge import json_response, read_json_body, v1_endpoint
+from inference.embedding_schemas import parse_embedding_request
+from inference.embeddings import embeddings_body, embeddings_submit
 from inference.gateway import Caller, RequestContext
 from inference.responses import chat_response, model_object
 from inference.schemas import parse_chat_request
@@ -36,6 +38,13 @@ async def completions(
     body = parse_completion_request(read_json_body(request))
     completion = await text_completion_submit(ctx, caller=caller, request=body)
     return await text_completion_response(completion, body)
+
+
+@v1_endpoint("POST", endpoint="/v1/embeddings")
+async def embeddings(request: HttpRequest, ctx: RequestContext, caller: Caller) -> HttpResponse:
+    body = parse_embedding_request(read_json_body(request))
+    completion, done = await embeddings_submit(ctx, caller=caller, request=body)
+    return json_response(embeddings_body(body, done), headers=completion.headers)
 
 
 @v1_endpoint("GET", endpoint="/v1/models")

@@ -25,6 +25,7 @@ class ModelInfo:
     owned_by: str
     backend: str = "simulated"
     pk: int = 0
+    kind: str = "chat"  # models_registry.models.ModelKind: which /v1 endpoints it serves
 
     @property
     def is_ready(self) -> bool:
@@ -48,6 +49,7 @@ class ModelInfo:
             owned_by="nebula",
             backend=model.backend,
             pk=model.pk,
+            kind=model.kind,
         )
 
 

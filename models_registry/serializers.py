@@ -14,7 +14,7 @@ from rest_framework import serializers
 
 from infra.serializers import StrictSerializer
 from models_registry.gpus import GPU_TYPES, gpu_shortage
-from models_registry.models import Backend, DeployedModel, ModelState, gpus_in_use
+from models_registry.models import Backend, DeployedModel, ModelKind, ModelState, gpus_in_use
 from models_registry.upstreams import upstream_serialize
 
 
@@ -22,6 +22,12 @@ class DeployRequestSerializer(StrictSerializer):
     """Absent optional fields take the service's defaults (services.DEPLOYMENT_DEFAULTS)."""
 
     name = serializers.CharField(max_length=64)
+    kind = serializers.ChoiceField(
+        choices=[kind.value for kind in ModelKind],
+        required=False,
+        help_text="chat (default): /v1/chat/completions. embedding: /v1/embeddings with a real "
+        "model, named after it (all-minilm-l6-v2); its size and context length are the model's.",
+    )
     backend = serializers.ChoiceField(
         choices=[backend.value for backend in Backend],
         required=False,

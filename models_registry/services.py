@@ -34,6 +34,7 @@ from models_registry.gpus import (
     load_time,
     model_fit,
 )
+from models_registry.kinds import kind_defaults
 from models_registry.models import (
     ENDED_STATES,
     HOLDING_STATES,
@@ -42,6 +43,7 @@ from models_registry.models import (
     Backend,
     DeployedModel,
     ModelEvent,
+    ModelKind,
     ModelState,
     gpus_in_use,
 )
@@ -170,6 +172,7 @@ class DeploymentSpec(UpstreamSpec, total=False):
     `openai-compatible`) needs its upstream instead (`models_registry.upstreams`)."""
 
     name: Required[str]
+    kind: str  # models_registry.models.ModelKind (default chat)
     backend: str
     params_billions: float
     gpu_type: str
@@ -189,7 +192,7 @@ DEPLOYMENT_DEFAULTS = {
 
 def validate_deployment(spec: DeploymentSpec) -> GpuType:
     """The GPU type the spec names, or 400 naming the first field that is wrong."""
-    full: dict[str, Any] = {**DEPLOYMENT_DEFAULTS, **spec}
+    full: dict[str, Any] = {**DEPLOYMENT_DEFAULTS, **kind_defaults(dict(spec))}
     name, params_billions, gpu = full["name"], full.get("params_billions"), full.get("gpu_type")
     gpus_per_replica, replicas = full["gpus_per_replica"], full["replicas"]
     backend = full.get("backend", Backend.SIMULATED)
@@ -280,7 +283,7 @@ def _create_deployment(
     """Validate, check the fit and the free GPUs, and create the deployment, inside the
     caller's transaction."""
     gpu = validate_deployment(spec)
-    full: dict[str, Any] = {**DEPLOYMENT_DEFAULTS, **spec}
+    full: dict[str, Any] = {**DEPLOYMENT_DEFAULTS, **kind_defaults(dict(spec))}
     name = full["name"]
     upstream: CleanUpstream | None = None
     if full.get("backend") == Backend.OPENAI_COMPATIBLE:
@@ -294,6 +297,7 @@ def _create_deployment(
     model = DeployedModel(
         owner=actor.user,
         name=name,
+        kind=full.get("kind", ModelKind.CHAT),
         backend=full.get("backend", Backend.SIMULATED),
         parameters=round((full.get("params_billions") or 0) * 1e9),
         gpu_type=gpu.key,

@@ -68,6 +68,10 @@ NEBULA_QUEUE_TIMEOUT = env.float("NEBULA_QUEUE_TIMEOUT", 30.0, validate=POSITIVE
 # Tokens a worker's engine loop generates per step across the sequences that have no simulated
 # time to wait (time scale 0): bounds a step's length, so a newcomer's wait for its first token.
 NEBULA_ENGINE_STEP_TOKENS = env.int("NEBULA_ENGINE_STEP_TOKENS", 1024, validate=POSITIVE)
+# PyTorch threads of a worker process's embedding model. Worker processes are the parallelism:
+# more threads per process fight the other workers for the cores (2 threads on a busy 2-core
+# machine ran 7 times slower than 1).
+NEBULA_EMBEDDING_THREADS = env.int("NEBULA_EMBEDDING_THREADS", 1, validate=POSITIVE)
 # A worker that has not reported for this long is considered dead.
 NEBULA_WORKER_TTL = env.float("NEBULA_WORKER_TTL", 5.0, validate=POSITIVE)
 NEBULA_HEARTBEAT_INTERVAL = env.float("NEBULA_HEARTBEAT_INTERVAL", 1.0, validate=POSITIVE)

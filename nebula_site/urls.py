@@ -24,6 +24,7 @@ from infra.errors import (
 urlpatterns = [
     path("v1/chat/completions", inference_views.chat_completions, name="chat-completions"),
     path("v1/completions", inference_views.completions, name="completions"),
+    path("v1/embeddings", inference_views.embeddings, name="v1-embeddings"),
     path("v1/models", inference_views.list_models, name="v1-models"),
     path("v1/models/<str:model_id>", inference_views.retrieve_model, name="v1-model"),
     path("", include("keys.urls")),

@@ -33,3 +33,11 @@ def test_the_checker_finds_a_circle():
 
     edges = [Import("a", "b", 1, False, False), Import("b", "a", 1, True, False)]
     assert cycles(edges) == [["a", "b"]]
+
+
+def test_only_the_worker_runs_the_embedding_model():
+    # Its module loads torch and the weights: a web process must never reach it.
+    importers = {
+        edge.source for edge in all_imports() if edge.target == "inference.engine.embeddings"
+    }
+    assert importers == {"inference.runner"}

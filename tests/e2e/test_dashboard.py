@@ -132,6 +132,27 @@ def test_a_deployment_badge_reaches_ready_without_reloading(open_page, operator)
     assert DeployedModel.objects.get(name="e2e-13b").state == "ready"
 
 
+def test_an_embedding_model_deployed_from_the_dashboard_serves_embeddings(
+    open_page, live, operator, make_key
+):
+    page = open_page(operator, OPERATOR_PASSWORD)
+    page.goto("/dashboard/models/")
+    page.get_by_text("New deployment").click()
+    page.get_by_label("Name").fill("all-minilm-l6-v2")
+    page.get_by_label("Serves").select_option("embedding")
+    page.get_by_label("GPU type").select_option("L4")
+    page.get_by_role("button", name="Deploy", exact=True).click()
+    expect(page.get_by_role("status").first).to_contain_text("Deploying all-minilm-l6-v2")
+    row = page.locator("tr", has_text="all-minilm-l6-v2")
+    expect(row).to_contain_text("embeddings")  # what it serves, in the fleet
+    expect(row.locator(".badge")).to_have_text("ready", timeout=20_000)
+    expect(row.locator('[data-f="context"]')).to_have_text("256")  # the model's own length
+    _, secret = make_key(operator, name="e2e-embed")
+    client = openai.OpenAI(base_url=live.url + "/v1", api_key=secret, max_retries=0)
+    response = client.embeddings.create(model="all-minilm-l6-v2", input="deployed by hand")
+    assert len(response.data[0].embedding) == 384
+
+
 def test_deploy_errors_show_in_place_and_keep_what_was_typed(open_page, operator):
     page = open_page(operator, OPERATOR_PASSWORD)
     page.goto("/dashboard/models/")

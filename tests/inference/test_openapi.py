@@ -39,6 +39,7 @@ def test_it_describes_every_endpoint_including_the_openai_ones(schema):
     assert set(schema["paths"]) == {
         "/v1/chat/completions",
         "/v1/completions",
+        "/v1/embeddings",
         "/v1/models",
         "/v1/models/{model_id}",
         "/apikeys",

@@ -37,6 +37,7 @@ CHECKS = [
 OPERATIONS = [
     ("POST", "/v1/chat/completions"),
     ("POST", "/v1/completions"),
+    ("POST", "/v1/embeddings"),
     ("GET", "/v1/models"),
     ("GET", "/v1/models/{model_id}"),
     ("GET", "/apikeys"),
@@ -59,6 +60,7 @@ OPERATIONS = [
 def api(live, alice, operator, make_key, ready_model) -> dict[str, Any]:
     # A short context keeps what the fuzzer may ask of the simulated GPU small.
     ready_model("nebula-7b", context_length=512)
+    ready_model("all-minilm-l6-v2", kind="embedding", params_billions=None)
     _, user_secret = make_key(alice, name="fuzz", rpm_limit=100_000)
     _, admin_secret = make_key(operator, name="fuzz-admin", is_admin=True, rpm_limit=100_000)
     raw = httpx.get(live.url + "/api/schema/?format=json").json()
@@ -101,6 +103,9 @@ def test_no_request_gets_a_5xx_or_an_undocumented_answer(api, method, path, mode
             case.body["model"] = "nebula-7b"
             if pick > 1:
                 case.body["stream"] = True
+        embed = path == "/v1/embeddings" and isinstance(case.body, dict) and case.body
+        if embed and pick:
+            case.body["model"] = "all-minilm-l6-v2"
         response = case.call(base_url=api["url"], headers=headers, timeout=60)
         case.validate_response(response, checks=CHECKS)
 

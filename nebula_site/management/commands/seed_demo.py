@@ -1,4 +1,5 @@
-"""Demo data for `make run`: an operator, a demo user with one key, a ready `nebula-7b`."""
+"""Demo data for `make run`: an operator, a demo user with one key, a ready `nebula-7b` and a
+ready embedding model (`all-minilm-l6-v2`, real)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand
 
+from infra.errors import InvalidRequest
 from keys.access import SYSTEM
 from keys.services import key_create
 from models_registry.services import model_seed_ready
@@ -39,6 +41,13 @@ class Command(BaseCommand):
             replicas=2,
             max_concurrent_seqs=16,
         )
+        try:
+            embedder, _ = model_seed_ready(
+                owner=operator, name="all-minilm-l6-v2", kind="embedding", gpu_type="L4"
+            )
+            embedding_line = f"{embedder.name} ({embedder.state}, /v1/embeddings)"
+        except InvalidRequest as refused:  # NEBULA_GPU_INVENTORY has no room for it
+            embedding_line = f"not deployed: {refused.message}"
         secret = None
         if not demo.api_keys.exists():
             secret = key_create(actor=SYSTEM, owner=demo, name="demo key").secret
@@ -46,6 +55,7 @@ class Command(BaseCommand):
         out(f"Operator login:  {operator.get_username()} / {password or '(unchanged)'}")
         out(f"Demo user login: {demo.get_username()} / {demo_password or '(unchanged)'}")
         out(f"Model:           {model.name} ({model.state}, {model.gpu_type} × {model.replicas})")
+        out(f"Embedding model: {embedding_line}")
         if secret:
             out(f"Demo API key (shown once, save it now): {secret}")
         else:

@@ -23,6 +23,7 @@
     row.dataset.model = m.pk;
     row.classList.toggle("dim", m.state === "stopped" || m.state === "failed");
     setText($('[data-f="name"]', row), m.name);
+    setText($('[data-f="kind"]', row), m.kind === "embedding" ? "embeddings" : "");
     const owner = $('[data-f="owner"]', row);
     if (owner) setText(owner, m.owner ? "by " + m.owner : "");
     const badge = $('[data-f="state"]', row);
