@@ -33,6 +33,10 @@ def background_loop() -> asyncio.AbstractEventLoop:
         return _loop
 
 
+def is_background_loop(loop: asyncio.AbstractEventLoop) -> bool:
+    return loop is _loop
+
+
 def submit(coroutine: Coroutine[Any, Any, T]) -> Future[T]:
     """Schedule `coroutine` on the background loop; its Future can be waited on or cancelled
     (cancelling it cancels the coroutine)."""

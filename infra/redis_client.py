@@ -22,6 +22,8 @@ from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.retry import Retry
 
+from infra import aio
+
 _lock = threading.Lock()
 _sync_client: redis.Redis | None = None
 _async_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, aioredis.Redis] = (
@@ -96,9 +98,15 @@ def get_async_redis() -> aioredis.Redis:
             # connections serve any burst; more only hurt: a cold process hit by hundreds of
             # requests opened one connection per request at once, and on a busy machine some
             # handshakes outlasted the 1 s connect timeout (503s, and a flaky test in CI).
+            # A worker's background loop relays up to NEBULA_WORKER_CONCURRENCY engine streams,
+            # each with a publish in flight: under load the 64 were all held past the pool's
+            # wait and deltas failed as "Redis down" (make bench, scenario 8, 100 streams).
+            size = 64
+            if aio.is_background_loop(loop):
+                size = max(size, settings.NEBULA_WORKER_CONCURRENCY + 16)
             pool = aioredis.BlockingConnectionPool.from_url(
                 settings.REDIS_URL,
-                max_connections=64,
+                max_connections=size,
                 timeout=2,
                 retry=_async_retry(),
                 **_client_options(),
