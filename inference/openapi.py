@@ -203,7 +203,38 @@ RESPONSE_SCHEMAS: dict[str, dict[str, Any]] = {
                     "properties": {
                         "text": {"type": "string"},
                         "index": {"type": "integer"},
-                        "logprobs": {"type": "null"},
+                        "logprobs": _nullable(
+                            {
+                                "type": "object",
+                                "description": "With `logprobs`: per token, its text, its "
+                                "logprob, its `logprobs` most likely alternatives, and where "
+                                "it starts in the choice's text.",
+                                "properties": {
+                                    "tokens": {"type": "array", "items": {"type": "string"}},
+                                    "token_logprobs": {
+                                        "type": "array",
+                                        "items": {"type": "number"},
+                                    },
+                                    "top_logprobs": {
+                                        "type": "array",
+                                        "items": {
+                                            "type": "object",
+                                            "additionalProperties": {"type": "number"},
+                                        },
+                                    },
+                                    "text_offset": {
+                                        "type": "array",
+                                        "items": {"type": "integer"},
+                                    },
+                                },
+                                "required": [
+                                    "tokens",
+                                    "token_logprobs",
+                                    "top_logprobs",
+                                    "text_offset",
+                                ],
+                            }
+                        ),
                         "finish_reason": {"enum": ["stop", "length", None]},
                     },
                     "required": ["text", "index", "logprobs", "finish_reason"],

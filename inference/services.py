@@ -150,6 +150,7 @@ async def text_completion_submit(
         ),
         n=n * len(prompts),
         prompts=[prompt for prompt in prompts for _ in range(n)],
+        logprobs=request.logprobs,
     )
 
 

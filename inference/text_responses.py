@@ -43,11 +43,32 @@ def _echoes(request: CompletionRequest) -> list[str]:
     ]
 
 
+def legacy_logprobs(entries: list[dict[str, Any]] | None, offset: int) -> dict[str, Any] | None:
+    """Chat-style logprob entries (the engine's) in the legacy shape: parallel lists of the
+    tokens, their logprobs, each one's alternatives as {token: logprob}, and where each token
+    starts in the choice's text (from `offset`, what came before it)."""
+    if entries is None:
+        return None
+    offsets = []
+    for entry in entries:
+        offsets.append(offset)
+        offset += len(entry["token"])
+    return {
+        "tokens": [entry["token"] for entry in entries],
+        "token_logprobs": [entry["logprob"] for entry in entries],
+        "top_logprobs": [
+            {alt["token"]: alt["logprob"] for alt in entry["top_logprobs"]} for entry in entries
+        ],
+        "text_offset": offsets,
+    }
+
+
 def text_completion(
     request_id: str, request: CompletionRequest, done: DoneMessage
 ) -> dict[str, Any]:
     echoes = _echoes(request)
     texts = done.get("texts") or []
+    logprobs = done.get("logprobs") or [None] * len(texts)
     return {
         "id": text_completion_id(request_id),
         "object": "text_completion",
@@ -58,7 +79,7 @@ def text_completion(
             {
                 "text": echoes[index] + text,
                 "index": index,
-                "logprobs": None,
+                "logprobs": legacy_logprobs(logprobs[index], len(echoes[index])),
                 "finish_reason": done["finish"][index] or "stop",
             }
             for index, text in enumerate(texts)
@@ -88,8 +109,18 @@ async def text_sse_events(
     # chunks carry none until the last, which carries only usage.
     tail = b"]}\n\n"
 
-    def chunk(index: int, text: str, finish: str | None = None) -> bytes:
-        choice = {"text": text, "index": index, "logprobs": None, "finish_reason": finish}
+    # Where each choice's next token starts in its text (its echo chunk included).
+    offsets = dict.fromkeys(range(len(_echoes(request))), 0)
+
+    def chunk(
+        index: int,
+        text: str,
+        finish: str | None = None,
+        entries: list[dict[str, Any]] | None = None,
+    ) -> bytes:
+        logprobs = legacy_logprobs(entries, offsets[index]) if entries is not None else None
+        offsets[index] += len(text)
+        choice = {"text": text, "index": index, "logprobs": logprobs, "finish_reason": finish}
         return b"data: " + head + orjson.dumps(choice) + tail
 
     try:
@@ -98,7 +129,12 @@ async def text_sse_events(
             yield b"".join(echoes)
         async for message in completion.events(ticks=True):
             if message["t"] == "delta":
-                parts = [chunk(index, text) for index, text in message["d"] if text]
+                entries = dict(message.get("lp") or [])
+                parts = [
+                    chunk(index, text, entries=entries.get(index))
+                    for index, text in message["d"]
+                    if text
+                ]
                 parts += [chunk(index, "", reason) for index, reason in message["f"]]
                 if parts:
                     completion.relayed = True

@@ -2,10 +2,10 @@
 
 Strict from the start, as OpenAI is: an unknown field is a 400 naming it, and values are not
 coerced (`"max_tokens": "5"` is a 400). What the platform cannot do is refused by name, never
-ignored: `suffix` (no model here fills in the middle), `logprobs` (the simulated sampler's
-figures are not exposed on this endpoint yet), `echo` of a prompt given as token ids (there is
-no vocabulary to turn them back into text), `best_of` other than `n`, and penalties or a logit
-bias other than their no-op values.
+ignored: `suffix` (no model here fills in the middle), `echo` of a prompt given as token ids
+(there is no vocabulary to turn them back into text), `echo` with `logprobs` (the simulated
+sampler scores what it generates, not the prompt), `best_of` other than `n`, and penalties or
+a logit bias other than their no-op values.
 """
 
 from __future__ import annotations
@@ -109,9 +109,11 @@ def _refuse_what_is_not_supported(request: CompletionRequest) -> None:
         raise _unsupported(
             "suffix", "Nebula's models do not support 'suffix' (inserting text): omit it."
         )
-    if request.logprobs is not None:
+    if request.logprobs is not None and request.echo:
         raise _unsupported(
-            "logprobs", "'logprobs' is not supported on /v1/completions by Nebula: omit it."
+            "logprobs",
+            "'logprobs' with 'echo' would score the prompt, which Nebula's simulated sampler "
+            "does not: omit one of them.",
         )
     n = request.n or 1
     if request.best_of is not None and request.best_of != n:

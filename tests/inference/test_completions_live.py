@@ -146,11 +146,38 @@ def test_the_client_streams_sync_and_async(live, setup, openai_client):
     assert streamed == async_streamed == whole.choices[0].text
 
 
+def test_logprobs_give_each_tokens_figures_and_offsets_in_the_body_and_the_stream(
+    live, setup, openai_client
+):
+    body = {"model": "nebula-7b", "prompt": PROMPT, "max_tokens": 12, "seed": 5, "logprobs": 3}
+    raw = openai_client(setup).completions.with_raw_response.create(**body)
+    whole = json.loads(raw.text)
+    validate("CreateCompletionResponse", whole)
+    choice = whole["choices"][0]
+    logprobs = choice["logprobs"]
+    assert "".join(logprobs["tokens"]) == choice["text"]
+    assert len(logprobs["tokens"]) == whole["usage"]["completion_tokens"]
+    assert all(lp <= 0 for lp in logprobs["token_logprobs"])
+    assert all(len(top) <= 3 for top in logprobs["top_logprobs"])
+    assert any(top for top in logprobs["top_logprobs"])
+    starts = [len("".join(logprobs["tokens"][:i])) for i in range(len(logprobs["tokens"]))]
+    assert logprobs["text_offset"] == starts
+
+    chunks = stream_events(live, setup, body)
+    for chunk in chunks:
+        validate("CreateCompletionResponse", chunk)
+    pieces = [c["choices"][0] for c in chunks if c["choices"] and c["choices"][0]["text"]]
+    streamed = [lp for piece in pieces for lp in piece["logprobs"]["tokens"]]
+    assert streamed == logprobs["tokens"]  # the same seed: the same tokens and figures
+    offsets = [o for piece in pieces for o in piece["logprobs"]["text_offset"]]
+    assert offsets == logprobs["text_offset"]
+
+
 @pytest.mark.parametrize(
     ("body", "param", "code"),
     [
         ({"suffix": "the end"}, "suffix", "unsupported_parameter"),
-        ({"logprobs": 2}, "logprobs", "unsupported_parameter"),
+        ({"logprobs": 2, "echo": True}, "logprobs", "unsupported_parameter"),
         ({"best_of": 3}, "best_of", "unsupported_parameter"),
         ({"presence_penalty": 1}, "presence_penalty", "unsupported_parameter"),
         ({"logit_bias": {"50256": -100}}, "logit_bias", "unsupported_parameter"),
