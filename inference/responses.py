@@ -1,11 +1,12 @@
-"""OpenAI's response shapes for chat completions: the whole object, and SSE chunks."""
+"""OpenAI's response shapes for chat completions (the whole object, and SSE chunks), and what
+every endpoint's answer shares: the stream relay and the response of an admitted job."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import orjson
@@ -13,7 +14,7 @@ from django.http import HttpResponseBase, StreamingHttpResponse
 
 from inference.completion import Completion
 from inference.edge import json_response
-from inference.jobs import DoneMessage, Usage
+from inference.jobs import DeltaMessage, DoneMessage, Usage
 from inference.schemas import ChatCompletionRequest
 from infra.errors import InternalError, NebulaError
 from models_registry.catalog import ModelInfo
@@ -122,9 +123,7 @@ def error_chunk(error: NebulaError) -> bytes:
     return b"data: " + orjson.dumps(error.body()) + b"\n\n" + DONE_LINE
 
 
-async def sse_events(
-    completion: Completion, request: ChatCompletionRequest
-) -> AsyncIterator[bytes]:
+def sse_events(completion: Completion, request: ChatCompletionRequest) -> AsyncIterator[bytes]:
     """The stream as OpenAI sends it: role chunks, content chunks, finish chunks, usage, [DONE].
 
     One id and `created` for the whole stream; `finish_reason` only in each choice's last chunk;
@@ -159,28 +158,49 @@ async def sse_events(
         }
         return b"data: " + head + orjson.dumps(choice) + tail
 
-    out: list[bytes] = []
+    def deltas(message: DeltaMessage) -> list[bytes]:
+        texts = dict(message["d"])
+        calls = dict(message.get("tc") or [])
+        logprobs = dict(message.get("lp") or [])
+        parts = []
+        for index in dict.fromkeys([*texts, *calls, *logprobs]):
+            delta: dict[str, Any] = {"content": texts[index]} if texts.get(index) else {}
+            more: list[dict[str, Any]] = []
+            if index in calls:
+                first, *more = tool_call_deltas(calls[index], legacy=legacy) or [{}]
+                delta.update(first)
+            if delta or index in logprobs:
+                parts.append(chunk(index, delta, logprobs=logprobs.get(index)))
+            parts += [chunk(index, extra) for extra in more]
+        return parts + [chunk(index, {}, reason) for index, reason in message["f"]]
+
+    roles = [
+        chunk(index, {"role": "assistant", "content": "", "refusal": None})
+        for index in range(request.n or 1)
+    ]
+    usage = head if request.include_usage else None
+    return relay_events(completion, first=roles, deltas=deltas, usage_head=usage)
+
+
+async def relay_events(
+    completion: Completion,
+    *,
+    first: list[bytes],
+    deltas: Callable[[DeltaMessage], list[bytes]],
+    usage_head: bytes | None,
+) -> AsyncIterator[bytes]:
+    """A stream's SSE lines, for any endpoint: `first`, then each delta message's chunks (as
+    `deltas` renders them), then the usage chunk (`usage_head`: the chunk's JSON up to its
+    choices, None: no usage chunk) and [DONE]; a worker's error or one on the way becomes an
+    error chunk + [DONE], and a keep-alive comment goes out while nothing happens."""
+    out: list[bytes] = list(first)
     try:
-        yield b"".join(
-            chunk(index, {"role": "assistant", "content": "", "refusal": None})
-            for index in range(request.n or 1)
-        )
+        if out:
+            yield b"".join(out)
+            out.clear()
         async for message in completion.events(ticks=True):
             if message["t"] == "delta":
-                texts = dict(message["d"])
-                calls = dict(message.get("tc") or [])
-                logprobs = dict(message.get("lp") or [])
-                parts = []
-                for index in dict.fromkeys([*texts, *calls, *logprobs]):
-                    delta: dict[str, Any] = {"content": texts[index]} if texts.get(index) else {}
-                    more: list[dict[str, Any]] = []
-                    if index in calls:
-                        first, *more = tool_call_deltas(calls[index], legacy=legacy) or [{}]
-                        delta.update(first)
-                    if delta or index in logprobs:
-                        parts.append(chunk(index, delta, logprobs=logprobs.get(index)))
-                    parts += [chunk(index, extra) for extra in more]
-                parts += [chunk(index, {}, reason) for index, reason in message["f"]]
+                parts = deltas(message)
                 if parts:
                     completion.relayed = True
                     out += parts
@@ -191,27 +211,20 @@ async def sse_events(
                     yield b"".join(out)
                     out.clear()
             elif message["t"] == "done":
-                if request.include_usage:
-                    usage = usage_object(message["usage"])
-                    out.append(b"data: " + head + b'],"usage":' + orjson.dumps(usage) + b"}\n\n")
+                if usage_head is not None:
+                    usage = orjson.dumps(usage_object(message["usage"]))
+                    out.append(b"data: " + usage_head + b'],"usage":' + usage + b"}\n\n")
                 out.append(DONE_LINE)
                 yield b"".join(out)
             elif message["t"] == "error":
-                yield b"".join(out) + (
-                    b"data: "
-                    + orjson.dumps(
-                        {
-                            "error": {
-                                "message": message["message"],
-                                "type": message.get("type", "server_error"),
-                                "param": message.get("param"),
-                                "code": message["code"],
-                            }
-                        }
-                    )
-                    + b"\n\n"
-                    + DONE_LINE
-                )
+                error = {
+                    "message": message["message"],
+                    "type": message.get("type", "server_error"),
+                    "param": message.get("param"),
+                    "code": message["code"],
+                }
+                out.append(b"data: " + orjson.dumps({"error": error}) + b"\n\n" + DONE_LINE)
+                yield b"".join(out)
             elif message["t"] == "tick":
                 yield KEEPALIVE_LINE
     except NebulaError as error:
@@ -225,32 +238,28 @@ async def sse_events(
         completion.close()
 
 
-async def chat_response(completion: Completion, request: ChatCompletionRequest) -> HttpResponseBase:
-    """The HTTP answer to an admitted chat completion: a stream once a worker has the job, or
-    the whole completion. A refusal on the way (a full fleet, a lost worker) closes the job and
-    is raised for the edge to record and render."""
+async def completion_response(
+    completion: Completion,
+    *,
+    stream: bool,
+    events: Callable[[], AsyncIterator[bytes]],
+    body: Callable[[DoneMessage], dict[str, Any]],
+) -> HttpResponseBase:
+    """The HTTP answer to an admitted job of any endpoint: its stream (`events`) once a worker
+    has the job, or its whole body (`body` of the done message). A refusal on the way (a full
+    fleet, a lost worker) closes the job and is raised for the edge to record and render."""
     response: HttpResponseBase
     try:
-        if request.stream:
+        if stream:
             # Hold the response until a worker has the job, so a full queue still gets a 503.
             await completion.wait_started()
-            response = StreamingHttpResponse(
-                sse_events(completion, request), content_type="text/event-stream"
-            )
+            response = StreamingHttpResponse(events(), content_type="text/event-stream")
             response["Cache-Control"] = "no-cache"
             response["X-Accel-Buffering"] = "no"
         else:
             done = await completion.result()
             completion.close()
-            response = json_response(
-                chat_completion(
-                    completion.ctx.request_id,
-                    request.model,
-                    done,
-                    legacy_functions=request.functions is not None,
-                ),
-                headers={},
-            )
+            response = json_response(body(done), headers={})
     except NebulaError:
         completion.close()
         raise
@@ -260,3 +269,18 @@ async def chat_response(completion: Completion, request: ChatCompletionRequest) 
     for name, value in completion.headers.items():
         response[name] = value
     return response
+
+
+async def chat_response(completion: Completion, request: ChatCompletionRequest) -> HttpResponseBase:
+    """The HTTP answer to an admitted chat completion: chunks, or the whole completion."""
+    return await completion_response(
+        completion,
+        stream=bool(request.stream),
+        events=lambda: sse_events(completion, request),
+        body=lambda done: chat_completion(
+            completion.ctx.request_id,
+            request.model,
+            done,
+            legacy_functions=request.functions is not None,
+        ),
+    )

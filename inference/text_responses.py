@@ -3,29 +3,22 @@
 
 from __future__ import annotations
 
-import asyncio
-import logging
 import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
-from django.http import HttpResponseBase, StreamingHttpResponse
+from django.http import HttpResponseBase
 
 from inference.completion import Completion
-from inference.edge import json_response
-from inference.jobs import DoneMessage
+from inference.jobs import DeltaMessage, DoneMessage
 from inference.responses import (
-    DONE_LINE,
-    KEEPALIVE_LINE,
     SYSTEM_FINGERPRINT,
-    error_chunk,
+    completion_response,
+    relay_events,
     usage_object,
 )
 from inference.text_schemas import CompletionRequest
-from infra.errors import InternalError, NebulaError
-
-logger = logging.getLogger(__name__)
 
 
 def text_completion_id(request_id: str) -> str:
@@ -88,9 +81,7 @@ def text_completion(
     }
 
 
-async def text_sse_events(
-    completion: Completion, request: CompletionRequest
-) -> AsyncIterator[bytes]:
+def text_sse_events(completion: Completion, request: CompletionRequest) -> AsyncIterator[bytes]:
     """The stream as OpenAI sends it: text chunks per choice, each choice's finish in a chunk of
     its own, with `stream_options.include_usage` one last chunk with no choices and the totals,
     then [DONE]. Errors after the first byte become an error chunk + [DONE]."""
@@ -123,72 +114,25 @@ async def text_sse_events(
         choice = {"text": text, "index": index, "logprobs": logprobs, "finish_reason": finish}
         return b"data: " + head + orjson.dumps(choice) + tail
 
-    try:
-        echoes = [chunk(index, echo) for index, echo in enumerate(_echoes(request)) if echo]
-        if echoes:
-            yield b"".join(echoes)
-        async for message in completion.events(ticks=True):
-            if message["t"] == "delta":
-                entries = dict(message.get("lp") or [])
-                parts = [
-                    chunk(index, text, entries=entries.get(index))
-                    for index, text in message["d"]
-                    if text
-                ]
-                parts += [chunk(index, "", reason) for index, reason in message["f"]]
-                if parts:
-                    completion.relayed = True
-                    yield b"".join(parts)
-            elif message["t"] == "done":
-                if request.include_usage:
-                    usage = usage_object(message["usage"])
-                    yield (b"data: " + head + b'],"usage":' + orjson.dumps(usage) + b"}\n\n")
-                yield DONE_LINE
-            elif message["t"] == "error":
-                error = {
-                    "message": message["message"],
-                    "type": message.get("type", "server_error"),
-                    "param": message.get("param"),
-                    "code": message["code"],
-                }
-                yield b"data: " + orjson.dumps({"error": error}) + b"\n\n" + DONE_LINE
-            elif message["t"] == "tick":
-                yield KEEPALIVE_LINE
-    except NebulaError as error:
-        yield error_chunk(error)
-    except Exception:
-        # The status line went out long ago: the client still gets a well-formed ending.
-        logger.exception("stream %s failed", completion.ctx.request_id)
-        yield error_chunk(InternalError("The stream failed on the server. Retry the request."))
-    finally:
-        completion.close()
+    def deltas(message: DeltaMessage) -> list[bytes]:
+        entries = dict(message.get("lp") or [])
+        parts = [
+            chunk(index, text, entries=entries.get(index)) for index, text in message["d"] if text
+        ]
+        return parts + [chunk(index, "", reason) for index, reason in message["f"]]
+
+    echoes = [chunk(index, echo) for index, echo in enumerate(_echoes(request)) if echo]
+    usage = head if request.include_usage else None
+    return relay_events(completion, first=echoes, deltas=deltas, usage_head=usage)
 
 
 async def text_completion_response(
     completion: Completion, request: CompletionRequest
 ) -> HttpResponseBase:
     """The HTTP answer to an admitted text completion, as `chat_response` is for chat."""
-    response: HttpResponseBase
-    try:
-        if request.stream:
-            await completion.wait_started()
-            response = StreamingHttpResponse(
-                text_sse_events(completion, request), content_type="text/event-stream"
-            )
-            response["Cache-Control"] = "no-cache"
-            response["X-Accel-Buffering"] = "no"
-        else:
-            done = await completion.result()
-            completion.close()
-            response = json_response(
-                text_completion(completion.ctx.request_id, request, done), headers={}
-            )
-    except NebulaError:
-        completion.close()
-        raise
-    except asyncio.CancelledError:
-        completion.close()
-        raise
-    for name, value in completion.headers.items():
-        response[name] = value
-    return response
+    return await completion_response(
+        completion,
+        stream=bool(request.stream),
+        events=lambda: text_sse_events(completion, request),
+        body=lambda done: text_completion(completion.ctx.request_id, request, done),
+    )
