@@ -22,7 +22,7 @@ from inference.embedding_schemas import EmbeddingRequest
 from inference.embedding_tokens import tokenize_texts
 from inference.gateway import Caller, RequestContext, gateway_admit
 from inference.hub import reply_hub
-from inference.jobs import DoneMessage, JobPayload, celery_message
+from inference.jobs import DoneMessage, JobPayload, celery_message, model_payload
 from infra.errors import InvalidRequest
 from keys.auth import KeyInfo
 from models_registry.catalog import ModelInfo
@@ -143,15 +143,7 @@ async def embeddings_submit(
             "reply_to": hub.channel,
             "key_id": key.id,
             "key_prefix": key.prefix,
-            "model": {
-                "name": model.name,
-                "parameters": model.parameters,
-                "gpus": model.gpus_per_replica,
-                "bandwidth_tb_s": model.bandwidth_tb_s,
-                "bf16_tflops": model.bf16_tflops,
-                "capacity": model.capacity,
-                "context_length": model.context_length,
-            },
+            "model": model_payload(model),
             # A generation's fields, unused by an embedding job.
             "prompt_text": "",
             "user_text": "",

@@ -19,7 +19,7 @@ import logging
 import threading
 import uuid
 from collections.abc import Callable
-from typing import Any, Literal, NotRequired, TypedDict
+from typing import TYPE_CHECKING, Any, Literal, NotRequired, TypedDict
 
 import orjson
 
@@ -27,6 +27,9 @@ from inference.slots import SLOT_MEMBERS_LUA
 from infra.lua import NOW_MS, LuaScript
 from infra.redis_client import get_redis
 from infra.tasks import local_executor
+
+if TYPE_CHECKING:
+    from models_registry.catalog import ModelInfo
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +51,19 @@ class ModelPayload(TypedDict):
     capacity: int
     context_length: int
     backend: NotRequired[str]  # models_registry.models.Backend; absent: simulated
+
+
+def model_payload(model: ModelInfo) -> ModelPayload:
+    """What a job carries of its model (the worker sizes the simulated GPU from it)."""
+    return {
+        "name": model.name,
+        "parameters": model.parameters,
+        "gpus": model.gpus_per_replica,
+        "bandwidth_tb_s": model.bandwidth_tb_s,
+        "bf16_tflops": model.bf16_tflops,
+        "capacity": model.capacity,
+        "context_length": model.context_length,
+    }
 
 
 class UpstreamJob(TypedDict):

@@ -23,7 +23,7 @@ from inference.embeddings import embedding_only
 from inference.engine import count_chat_tokens, count_tokens
 from inference.gateway import Caller, RequestContext, gateway_admit
 from inference.hub import reply_hub
-from inference.jobs import JobPayload, ToolsJob, celery_message
+from inference.jobs import JobPayload, ToolsJob, celery_message, model_payload
 from inference.schemas import ChatCompletionRequest, ResponseFormatJsonSchema
 from inference.text_schemas import CompletionRequest
 from inference.toolcalls import tools_check, tools_prompt_tokens
@@ -252,15 +252,7 @@ async def _job_submit(
             "reply_to": hub.channel,
             "key_id": key.id,
             "key_prefix": key.prefix,
-            "model": {
-                "name": model.name,
-                "parameters": model.parameters,
-                "gpus": model.gpus_per_replica,
-                "bandwidth_tb_s": model.bandwidth_tb_s,
-                "bf16_tflops": model.bf16_tflops,
-                "capacity": model.capacity,
-                "context_length": model.context_length,
-            },
+            "model": model_payload(model),
             "prompt_text": prompt,
             "user_text": user_text,
             "prompt_tokens": prompt_tokens,
