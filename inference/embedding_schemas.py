@@ -8,10 +8,11 @@ tokenizer, its sequence length, its dimensions) are checked by the service.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, cast
+from typing import Annotated, Literal, cast
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from inference.schemas import validation_refusal
 from infra.errors import InvalidRequest
 
 # OpenAI's limit on the inputs of one request (`maxItems` in its schema).
@@ -81,44 +82,17 @@ def _check_inputs(request: EmbeddingRequest) -> None:
             )
 
 
-def _describe(error: dict[str, Any]) -> tuple[str, str | None, str]:
-    kind = error["type"]
-    location = tuple(error.get("loc", ()))
-    field = str(location[0]) if location else None
-    if kind == "json_invalid":
-        return (
-            "We could not parse the JSON body of your request. (HINT: This likely means you "
-            "aren't using your HTTP library correctly. The OpenAI API expects a JSON payload.)",
-            None,
-            "invalid_json",
-        )
-    if kind == "model_type" and field is None:
-        return "The request body must be a JSON object.", None, "invalid_json"
-    if kind == "extra_forbidden":
-        return f"Unrecognized request argument supplied: {field}", field, "unknown_parameter"
-    if kind == "missing":
-        return f"Missing required parameter: '{field}'.", field, "missing_required_parameter"
-    if field == "input":
-        return f"Invalid 'input': {_INPUT_SHAPES}.", "input", "invalid_type"
-    # pydantic says "Input should be…", which reads as if about the `input` field.
-    message = str(error.get("msg", "invalid value")).replace("Input should", "The value should")
-    given = error.get("input")
-    shown = f" (got {given!r})" if isinstance(given, int | float | bool | str) else ""
-    code = (
-        "invalid_type" if kind.endswith("_type") or kind.endswith("_parsing") else "invalid_value"
-    )
-    return f"Invalid '{field}': {message[0].lower() + message[1:]}{shown}.", field, code
-
-
 def parse_embedding_request(body: bytes) -> EmbeddingRequest:
     """Validate a raw request body, or raise an OpenAI-style 400 for its first problem."""
     try:
         request = EmbeddingRequest.model_validate_json(body)
     except ValidationError as exc:
-        errors = exc.errors(include_url=False)
-        # An unknown field or a missing one says the most; then errors in field order.
-        decisive = [e for e in errors if e["type"] in {"json_invalid", "extra_forbidden"}]
-        message, param, code = _describe(dict((decisive or errors)[0]))
-        raise InvalidRequest(message, param=param, code=code) from None
+        refusal = validation_refusal(exc)
+        if (refusal.param or "").split("[")[0] == "input" and refusal.code == "invalid_type":
+            # pydantic lists every branch of the union it tried; say what `input` may be.
+            raise InvalidRequest(
+                f"Invalid 'input': {_INPUT_SHAPES}.", param="input", code="invalid_type"
+            ) from None
+        raise refusal from None
     _check_inputs(request)
     return request

@@ -384,10 +384,7 @@ class ChatCompletionRequest(BaseModel):
 
     @property
     def stop_sequences(self) -> tuple[str, ...]:
-        if self.stop is None:
-            return ()
-        stops = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
-        return tuple(stop for stop in stops if stop)
+        return stop_sequences(self.stop)
 
     @property
     def include_usage(self) -> bool:
@@ -464,6 +461,32 @@ def _describe(error: dict[str, Any]) -> tuple[str, str | None, str]:
     return f"Invalid '{param}': {message[0].lower() + message[1:]}{suffix}.", param, code
 
 
+def stop_sequences(stop: str | list[str] | None) -> tuple[str, ...]:
+    """`stop` as a tuple of the non-empty sequences (OpenAI takes a string or a list)."""
+    if stop is None:
+        return ()
+    stops = (stop,) if isinstance(stop, str) else tuple(stop)
+    return tuple(sequence for sequence in stops if sequence)
+
+
+def validation_refusal(exc: ValidationError) -> InvalidRequest:
+    """The OpenAI-style 400 for a request body pydantic refused (any endpoint's): its most
+    telling problem, with `param` the JSON path of the offending value."""
+    errors = exc.errors(include_url=False)
+
+    # A bad value in a union field is reported once per branch. Prefer an error that says what
+    # is wrong with the value (too long, out of range) over "not of this type", and a deeper
+    # location over a shallower one.
+    def rank(error: Any) -> tuple[int, int, int]:
+        decisive = error["type"] in {"json_invalid", "missing", "extra_forbidden"}
+        about_value = not error["type"].endswith(("_type", "_parsing"))
+        return (decisive, about_value, len(error.get("loc", ())))
+
+    first = max(reversed(errors), key=rank)
+    message, param, code = _describe(dict(first))
+    return InvalidRequest(message, param=param, code=code)
+
+
 def parse_chat_request(body: bytes) -> ChatCompletionRequest:
     """Validate a raw request body, or raise an OpenAI-style 400 for its first problem."""
     try:
@@ -471,16 +494,4 @@ def parse_chat_request(body: bytes) -> ChatCompletionRequest:
             body, context={"accept_vllm_extras": settings.NEBULA_ACCEPT_VLLM_EXTRAS}
         )
     except ValidationError as exc:
-        errors = exc.errors(include_url=False)
-
-        # A bad value in a union field is reported once per branch. Prefer an error that says
-        # what is wrong with the value (too long, out of range) over "not of this type", and
-        # a deeper location over a shallower one.
-        def rank(error: Any) -> tuple[int, int, int]:
-            decisive = error["type"] in {"json_invalid", "missing"}
-            about_value = not error["type"].endswith(("_type", "_parsing"))
-            return (decisive, about_value, len(error.get("loc", ())))
-
-        first = max(reversed(errors), key=rank)
-        message, param, code = _describe(dict(first))
-        raise InvalidRequest(message, param=param, code=code) from None
+        raise validation_refusal(exc) from None

@@ -10,7 +10,7 @@ a logit bias other than their no-op values.
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 from pydantic import (
     BaseModel,
@@ -23,6 +23,7 @@ from pydantic import (
     ValidationError,
 )
 
+from inference.schemas import stop_sequences, validation_refusal
 from infra.errors import InvalidRequest
 
 _STRICT = ConfigDict(extra="forbid", frozen=True, strict=True)
@@ -90,10 +91,7 @@ class CompletionRequest(BaseModel):
 
     @property
     def stop_sequences(self) -> tuple[str, ...]:
-        if self.stop is None:
-            return ()
-        stops = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
-        return tuple(stop for stop in stops if stop)
+        return stop_sequences(self.stop)
 
     @property
     def include_usage(self) -> bool:
@@ -143,61 +141,12 @@ def _refuse_what_is_not_supported(request: CompletionRequest) -> None:
         )
 
 
-def _param(location: tuple[int | str, ...]) -> str | None:
-    path = ""
-    for part in location:
-        if isinstance(part, int):
-            path += f"[{part}]"
-        elif "[" in part or part in {"str", "int", "float", "bool"}:
-            continue  # a union branch's type name
-        else:
-            path += f".{part}" if path else part
-    return path or None
-
-
-def _describe(error: Any) -> InvalidRequest:
-    kind = error["type"]
-    param = _param(tuple(error.get("loc", ())))
-    if kind == "json_invalid" or (kind in ("model_type", "model_attributes_type") and not param):
-        return InvalidRequest(
-            "We could not parse the JSON body of your request: it must be a JSON object.",
-            param=None,
-            code="invalid_json",
-        )
-    if kind == "missing":
-        return InvalidRequest(
-            f"Missing required parameter: '{param}'.",
-            param=param,
-            code="missing_required_parameter",
-        )
-    if kind == "extra_forbidden":
-        return InvalidRequest(
-            f"Unrecognized request argument supplied: {param}",
-            param=param,
-            code="unknown_parameter",
-        )
-    message = str(error.get("msg", "invalid value"))
-    code = "invalid_type" if kind.endswith("_type") else "invalid_value"
-    return InvalidRequest(
-        f"Invalid '{param}': {message[0].lower() + message[1:]}.", param=param, code=code
-    )
-
-
 def parse_completion_request(body: bytes) -> CompletionRequest:
     """Validate a raw `/v1/completions` body, or raise an OpenAI-style 400 for its first
     problem."""
     try:
         request = CompletionRequest.model_validate_json(body)
     except ValidationError as exc:
-        errors = exc.errors(include_url=False)
-
-        # A bad value in a union field is reported once per branch: prefer what says what is
-        # wrong with the value over "not of this type", and a deeper location.
-        def rank(error: Any) -> tuple[int, int, int]:
-            decisive = error["type"] in {"json_invalid", "missing", "extra_forbidden"}
-            about_value = not error["type"].endswith("_type")
-            return (decisive, about_value, len(error.get("loc", ())))
-
-        raise _describe(max(reversed(errors), key=rank)) from None
+        raise validation_refusal(exc) from None
     _refuse_what_is_not_supported(request)
     return request
