@@ -23,7 +23,7 @@ class DeployRequestSerializer(StrictSerializer):
 
     name = serializers.CharField(max_length=64)
     kind = serializers.ChoiceField(
-        choices=[kind.value for kind in ModelKind],
+        choices=ModelKind.choices,
         required=False,
         help_text="chat (default): /v1/chat/completions. embedding: /v1/embeddings with a real "
         "model, named after it (all-minilm-l6-v2); its size and context length are the model's.",

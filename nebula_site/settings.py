@@ -383,6 +383,7 @@ SPECTACULAR_SETTINGS = {
     "ENUM_NAME_OVERRIDES": {
         "TeamRoleEnum": "keys.models.TeamRole",
         "BackendEnum": "models_registry.models.Backend",
+        "ModelKindEnum": "models_registry.models.ModelKind",
     },
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",
