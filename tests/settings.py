@@ -31,7 +31,3 @@ AXES_ENABLED = False
 # In the pytest process, Celery tasks run eagerly (unit tests); the live servers the integration
 # tests start (NEBULA_LIVE_SERVER=1) send them to their real workers.
 CELERY_TASK_ALWAYS_EAGER = os.environ.get("NEBULA_LIVE_SERVER") != "1"
-
-# Tests serve static files from the apps' folders (WHITENOISE_USE_FINDERS); without a collected
-# STATIC_ROOT, WhiteNoise would warn on every request handler it builds.
-STATIC_ROOT = None  # type: ignore[assignment]  # Django accepts None: no collected folder
