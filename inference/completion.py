@@ -305,16 +305,18 @@ class Completion:
         """End the job from this side; record it unless a worker will (it was running: the
         reason goes with the cancellation, for its record)."""
         self.finished = True
-        previous = ""
+        previous, redis_answered = "", False
         with contextlib.suppress(*REDIS_ERRORS):
             raw = await CANCEL.acall(
                 get_async_redis(), [job_key(self.ctx.request_id)], [JOB_TTL_SECONDS, code]
             )
             previous = raw.decode() if isinstance(raw, bytes) else str(raw)
+            redis_answered = True
         recorded = previous not in ("", "waiting")
         if not recorded:
             await self.ctx.record(status=status, error_code=code, finish_reason="error")
-            await self._settle_budgets(0, 0)
+            if redis_answered:  # else asking again would hold the client's error a timeout more
+                await self._settle_budgets(0, 0)
         failure = WorkerFailed(message, code=code, recorded=True)
         if status != WorkerFailed.status:
             failure.status, failure.type = status, "invalid_request_error"
