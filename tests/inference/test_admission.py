@@ -60,8 +60,12 @@ def test_headers_count_down_and_tell_when_to_retry(key_id):
 def test_a_request_passes_again_once_the_retry_time_has_passed(key_id, redis_client):
     _admit_many(10, key_id=key_id, rpm_limit=600)  # 600/min: one back every 100 ms
     assert _admit_many(1, key_id=key_id, rpm_limit=600)[0].status == "ok"
-    results = _admit_many(600, key_id=key_id, rpm_limit=600)
-    limited = next(r for r in results if r.status == "limited")
+    _admit_many(600, key_id=key_id, rpm_limit=600)
+    # The retry time of a refusal after the burst is what holds: on a slow machine the burst
+    # outlasts 100 ms, and a request after an early refusal may take the place it promised.
+    limited = _admit_many(1, key_id=key_id, rpm_limit=600)[0]
+    while limited.status != "limited":
+        limited = _admit_many(1, key_id=key_id, rpm_limit=600)[0]
     time.sleep(int(limited.retry_after_ms) / 1000 + 0.05)
     assert _admit_many(1, key_id=key_id, rpm_limit=600)[0].status == "ok"
 
