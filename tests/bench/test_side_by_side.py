@@ -379,5 +379,8 @@ def test_an_earlier_commit_whose_stack_cannot_start_is_reported_with_its_error(
         only={"1"}, say=lambda _: None,
     )  # fmt: skip
     assert result["commit"] == sha
-    assert result["unavailable"].startswith("its stack did not start: web exited")
+    # Web process or worker: whichever of the two noticed first.
+    assert result["unavailable"].startswith(
+        ("its stack did not start: web exited", "its stack did not start: worker exited")
+    )
     assert "nebula_site" in result["unavailable"]  # the log line that says why
