@@ -320,12 +320,8 @@ class ScaleForm(forms.Form):
     replicas = forms.IntegerField(label="Replicas")
 
 
-class UsageFilterForm(forms.Form):
-    window = forms.ChoiceField(
-        label="Time range", choices=WINDOW_CHOICES, required=False, initial="24h"
-    )
-    key = forms.ChoiceField(label="API key", required=False)
-    model = forms.ChoiceField(label="Model", required=False)
+class _KeyAndModelFilters(forms.Form):
+    """A filter form with `key` and `model` choices: the keys and models the reader may see."""
 
     def __init__(
         self, *args: Any, keys: list[tuple[str, str]], models: list[str], **kwargs: Any
@@ -341,6 +337,14 @@ class UsageFilterForm(forms.Form):
             field.widget.attrs.setdefault("class", "input")
 
 
+class UsageFilterForm(_KeyAndModelFilters):
+    window = forms.ChoiceField(
+        label="Time range", choices=WINDOW_CHOICES, required=False, initial="24h"
+    )
+    key = forms.ChoiceField(label="API key", required=False)
+    model = forms.ChoiceField(label="Model", required=False)
+
+
 STATUS_CHOICES = [
     ("", "Any status"),
     ("2xx", "Succeeded (2xx)"),
@@ -351,7 +355,7 @@ STATUS_CHOICES = [
 ]
 
 
-class RequestLogFilterForm(forms.Form):
+class RequestLogFilterForm(_KeyAndModelFilters):
     """Renders the request log's filters. Parsing is `telemetry.requestlog.RequestQuery.parse`,
     the API's own, so the page, the API and the CSV mean the same by each filter."""
 
@@ -368,16 +372,3 @@ class RequestLogFilterForm(forms.Form):
         required=False,
         widget=forms.DateTimeInput(attrs={"type": "datetime-local"}),
     )
-
-    def __init__(
-        self, *args: Any, keys: list[tuple[str, str]], models: list[str], **kwargs: Any
-    ) -> None:
-        super().__init__(*args, **kwargs)
-        key_field = self.fields["key"]
-        model_field = self.fields["model"]
-        assert isinstance(key_field, forms.ChoiceField)
-        assert isinstance(model_field, forms.ChoiceField)
-        key_field.choices = [("", "All keys"), *keys]
-        model_field.choices = [("", "All models")] + [(m, m) for m in models]
-        for field in self.fields.values():
-            field.widget.attrs.setdefault("class", "input")
